@@ -1,0 +1,33 @@
+# flarestream developer tasks. `make` lists them.
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+
+.PHONY: help venv install demo test test-unit lint typecheck bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+venv:  ## create .venv
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+
+install: venv  ## editable install with every extra the tests need
+	$(PIP) install -q -e '.[dev,tensorboard]' --config-settings editable_mode=strict
+
+demo: install  ## the main job: local broker, simulated sites, read back, summary
+	.venv/bin/flarestream demo
+
+test: install  ## every test (unit + integration against a real Kafka), ruff and mypy
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy -p flarestream
+	$(PY) -m pytest
+
+test-unit: install  ## unit tests only (no broker)
+	$(PY) -m pytest -m "not integration"
+
+bench: install  ## benchmarks (not tests): ratios against the raw libraries
+	$(PY) bench/bench_sender.py
+
+clean:  ## remove build output
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Consumer loop and sinks (see the consumers issue)."""

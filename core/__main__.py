@@ -1,0 +1,3 @@
+from flarestream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""What runs at a site: the AnalyticsSender and NVFlare-style tracking writers."""
