@@ -11,46 +11,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from flarestream import settings
 from flarestream.deploy import runtime
+from flarestream.deploy.osutil import HOST, free_port, pid_alive, port_in_use, send_signal
 from flarestream.errors import BrokerError, ConfigError
 
-HOST = settings.LOCAL_BROKER_HOST
 STATE_FILE = "broker.json"
 HEAP = "512m"
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on at ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    """True when something listens on, or holds, ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        if sock.connect_ex((host, port)) == 0:
-            return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR like the JVM, so sockets in TIME_WAIT do not count as "in use"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def read_state(data_dir: Path) -> dict[str, Any]:
@@ -205,9 +179,9 @@ class LocalBroker:
         pid = self.pid
         if pid is None:
             return False
-        _signal(pid, signal.SIGTERM)
+        send_signal(pid, signal.SIGTERM)
         if not self._wait_dead(pid, timeout):
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
             if not self._wait_dead(pid, 15):
                 raise BrokerError(f"broker pid {pid} survived SIGKILL")
         state = read_state(self.data_dir)
@@ -219,7 +193,7 @@ class LocalBroker:
         """SIGKILL the broker, as a crash would (the stale pid stays in broker.json)."""
         pid = self.pid
         if pid is not None:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
             self._wait_dead(pid, 15)
 
     def __enter__(self) -> LocalBroker:
@@ -263,7 +237,9 @@ class LocalBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "false",
+            # a restart after kill() waits for the old broker session to expire: keep it short
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "500",
         }
         props = self.data_dir / "server.properties"
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
@@ -315,24 +291,7 @@ class LocalBroker:
         """True when ``pid`` is a live (not zombie) broker of this data directory."""
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        proc = Path(f"/proc/{pid}")
-        if not proc.is_dir():
-            return True  # no procfs: trust the signal check
-        try:
-            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-            cmdline = proc.joinpath("cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            return False
-        return b"kafka.Kafka" in cmdline and str(self.data_dir / "server.properties").encode() in (
-            cmdline
-        )
+        return pid_alive(pid, "kafka.Kafka", str(self.data_dir / "server.properties"))
 
     def _wait_dead(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -352,13 +311,6 @@ class LocalBroker:
         tmp = self.data_dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.data_dir / STATE_FILE)
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _cluster_id() -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
 from flarestream.errors import DecodeError, EncodeError, UnknownSchemaError
 from flarestream.schemas.fastpath import SenderEncoder, data_type_codes, head_prefix, head_schema
 from flarestream.schemas.record import AnalyticsDataType, LogWriterName, Record
@@ -112,7 +113,10 @@ class Codec:
                 self._encoders.clear()
             prefix = None
             if self._head_schema is not None:
-                prefix = head_prefix(self.header, self._head_schema, head)
+                try:
+                    prefix = head_prefix(self.header, self._head_schema, head)
+                except (ValueError, TypeError, AttributeError, OverflowError):
+                    prefix = None  # the fallback raises EncodeError naming the tag
             enc = SenderEncoder(head, prefix, self._dt_codes, self.encode_record)
             self._encoders[head] = enc
         return enc
@@ -160,25 +164,27 @@ class Codec:
 
     def decode_datum(self, data: bytes) -> dict[str, Any]:
         """The Avro datum of a message, resolved into this codec's schema."""
-        fp = self.writer_fingerprint(data)
-        try:
-            writer, reader = self._readers[fp]
-        except KeyError:
-            raise UnknownSchemaError(
-                f"message written with unknown schema fingerprint {fp.hex()}; "
-                "give this codec that schema (known_schemas) or upgrade flarestream"
-            ) from None
+        if data[:HEADER_SIZE] == self.header:  # the common case: our own schema
+            writer, reader = self.schema, None
+        else:
+            fp = self.writer_fingerprint(data)
+            try:
+                writer, reader = self._readers[fp]
+            except KeyError:
+                raise UnknownSchemaError(
+                    f"message written with unknown schema fingerprint {fp.hex()}; "
+                    "give this codec that schema (known_schemas) or upgrade flarestream"
+                ) from None
         stream = BytesIO(data)
         stream.seek(HEADER_SIZE)
         try:
             datum = schemaless_reader(stream, writer, reader)
         except Exception as exc:  # fastavro raises many types on corrupt input
-            raise DecodeError(
-                f"corrupt or truncated record body: {type(exc).__name__}: {exc}"
-            ) from exc
+            reason = f"{type(exc).__name__}: {exc}"
+            raise DecodeError(f"corrupt or truncated record body: {reason}") from exc
         if stream.tell() != len(data):
             raise DecodeError(f"{len(data) - stream.tell()} unexpected bytes after the record body")
-        if not isinstance(datum, dict):
+        if type(datum) is not dict:
             raise DecodeError("record body is not an Avro record")
         return datum
 
@@ -188,21 +194,28 @@ class Codec:
 
     @staticmethod
     def from_datum(datum: Mapping[str, Any]) -> Record:
+        """A :class:`Record` from a decoded datum (positional: this runs per message)."""
         try:
+            value = datum["value"]
+            if type(value) is dict:
+                value = from_avro_value(value)
+            kwargs = datum["kwargs"]
+            if kwargs:
+                kwargs = from_avro_kwargs(kwargs)
             return Record(
-                site=datum["site"],
-                job_id=datum["job_id"],
-                sender_id=datum["sender_id"],
-                seq=datum["seq"],
-                timestamp_ms=datum["timestamp_ms"],
-                tag=datum["tag"],
-                data_type=_DATA_TYPES[datum["data_type"]],
-                value=from_avro_value(datum["value"]),
-                writer=_WRITERS[datum["writer"]],
-                step=datum["step"],
-                path=datum["path"],
-                kwargs=from_avro_kwargs(datum["kwargs"]),
-                schema_version=datum["schema_version"],
+                datum["site"],
+                datum["job_id"],
+                datum["sender_id"],
+                datum["seq"],
+                datum["timestamp_ms"],
+                datum["tag"],
+                _DATA_TYPES[datum["data_type"]],
+                value,
+                _WRITERS[datum["writer"]],
+                datum["step"],
+                datum["path"],
+                kwargs,
+                datum["schema_version"],
             )
         except KeyError as exc:
             raise DecodeError(f"record lacks or has an unknown value for {exc}") from exc

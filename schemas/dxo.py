@@ -50,7 +50,7 @@ def create_analytic_dxo(
     tag: object, value: object, data_type: object, writer: object, **kwargs: Any
 ) -> dict[str, Any]:
     """The DXO NVFlare's ``create_analytic_dxo`` makes, with the same validation."""
-    tag_s, dt, val, step, path, rest = validate_call(tag, value, data_type, kwargs)
+    tag_s, dt, val, step, path, rest = validate_call(tag, value, data_type, None, kwargs)
     record = Record("", "", "", 0, 0, tag_s, dt, val, coerce_writer(writer), step, path, rest)
     return to_dxo(record)
 
@@ -87,7 +87,7 @@ def record_from_dxo(
         data.get("track_key"),
         data.get("track_value"),
         coerce_data_type(meta[DATA_TYPE_KEY]),
-        kwargs,
+        kwargs=kwargs,
     )
     writer = coerce_writer(meta.get(WRITER_KEY, LogWriterName.TORCH_TB))
     return Record(

@@ -15,10 +15,12 @@ from io import BytesIO
 from typing import Any
 
 from fastavro import schemaless_writer
+
 from flarestream.errors import EncodeError
 from flarestream.schemas.record import AnalyticsDataType, LogWriterName, Record
 
 _pack_double = struct.Struct("<d").pack
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TAG_CACHE_SIZE = 4096
 # The field order this shortcut writes; a schema laid out otherwise is not sped up.
@@ -29,9 +31,20 @@ FIELD_ORDER = (
 _HEAD_FIELDS = 5
 
 
+def _is_long(n: object) -> bool:
+    return type(n) is int and _INT64_MIN <= n <= _INT64_MAX
+
+
 def zigzag_varint(n: int) -> bytes:
-    """Avro's encoding of an int/long."""
-    n = (n << 1) ^ (n >> 63)
+    """Avro's encoding of an int/long (zig-zag, then base-128 varint)."""
+    if n >= 0:
+        n <<= 1
+        if n < 0x80:
+            return _ONE_BYTE[n]
+        if n < 0x4000:
+            return bytes(((n & 0x7F) | 0x80, n >> 7))
+    else:
+        n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -62,7 +75,16 @@ class SenderEncoder:
     encoded tags.
     """
 
-    __slots__ = ("_dt_codes", "_fallback", "_prefix", "_rid_prefix", "_tags", "head")
+    __slots__ = (
+        "_dt_codes",
+        "_fallback",
+        "_last_ms",
+        "_last_ms_bytes",
+        "_prefix",
+        "_rid_prefix",
+        "_tags",
+        "head",
+    )
 
     def __init__(
         self,
@@ -73,7 +95,9 @@ class SenderEncoder:
     ) -> None:
         self.head = head
         self._prefix = prefix  # None: every record goes through the fallback
-        self._rid_prefix = head[2] + "-"
+        self._rid_prefix = (head[2] + "-").encode("utf-8")
+        self._last_ms = -1  # a loop sends many records per millisecond: reuse its bytes
+        self._last_ms_bytes = b""
         self._dt_codes = data_type_codes
         self._tags: dict[str, bytes] = {}
         self._fallback = fallback
@@ -102,7 +126,13 @@ class SenderEncoder:
             value_bytes = b"\x00"
         else:
             value_bytes = b""
-        if not value_bytes or kwargs or self._prefix is None:
+        if (
+            not value_bytes
+            or kwargs
+            or self._prefix is None
+            or not (_is_long(seq) and _is_long(timestamp_ms))
+            or not (step is None or _is_long(step))
+        ):  # fastavro writes (or refuses) what this shortcut cannot
             site, job_id, sender_id, writer, version = self.head
             return self._fallback(
                 Record(site, job_id, sender_id, seq, timestamp_ms, tag, data_type, value,
@@ -113,13 +143,17 @@ class SenderEncoder:
             if len(self._tags) >= _TAG_CACHE_SIZE:
                 self._tags.clear()
             tag_bytes = self._tags[tag] = avro_string(tag)
-        rid = avro_string(self._rid_prefix + str(seq))
+        if timestamp_ms != self._last_ms:
+            self._last_ms, self._last_ms_bytes = timestamp_ms, zigzag_varint(timestamp_ms)
+        digits = str(seq).encode()
         return b"".join(
             (
                 self._prefix,
                 zigzag_varint(seq),
-                rid,
-                zigzag_varint(timestamp_ms),
+                zigzag_varint(len(self._rid_prefix) + len(digits)),
+                self._rid_prefix,
+                digits,
+                self._last_ms_bytes,
                 tag_bytes,
                 self._dt_codes[data_type],
                 b"\x00" if step is None else b"\x02" + zigzag_varint(step),

@@ -87,6 +87,7 @@ def record_id(sender_id: str, seq: int) -> str:
 _NUMERIC_DICT_TYPES = frozenset({AnalyticsDataType.SCALARS, AnalyticsDataType.METRICS})
 _NUMERIC_TYPES = frozenset({AnalyticsDataType.SCALAR, AnalyticsDataType.METRIC})
 _DICT_TYPES = frozenset({AnalyticsDataType.PARAMETERS, AnalyticsDataType.TAGS})
+_NO_KWARGS: dict[str, Any] = {}  # shared and never mutated: most calls have no kwargs
 
 
 def coerce_data_type(data_type: object) -> AnalyticsDataType:
@@ -128,7 +129,7 @@ def numeric_scalar(tag: str, value: object) -> int | float | bool:
         if isinstance(out, (int, float)):
             return out
     elif getattr(value, "shape", None) == () and hasattr(value, "item"):
-        out = value.item()  # type: ignore[attr-defined]
+        out = value.item()
         if isinstance(out, (int, float)):
             return out
     raise InvalidRecordError(
@@ -142,22 +143,37 @@ def global_step_value(step: object) -> int | None:
     if step is None:
         return None
     if type(step) is not int:
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        # bool is an int to NVFlare (isinstance check), so True/False pass there too
+        if not isinstance(step, numbers.Integral):
             raise InvalidRecordError(
                 f"expect global_step to be an instance of int, but got {type(step)}."
             )
         step = int(step)
     if step < 0:
         raise InvalidRecordValueError(f"global_step must be non-negative, but got {step}.")
-    return step  # type: ignore[return-value]
+    return step
 
 
 def validate_call(
-    tag: object, value: object, data_type: object, kwargs: dict[str, Any]
+    tag: object,
+    value: object,
+    data_type: object,
+    global_step: object = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> tuple[str, AnalyticsDataType, Any, int | None, str | None, dict[str, Any]]:
     """Validate one ``add()`` call as NVFlare does; return the normalised parts
-    ``(tag, data_type, value, step, path, other_kwargs)``. Raises TypeError or
-    ValueError subclasses naming the tag; nothing is mutated."""
+    ``(tag, data_type, value, step, path, other_kwargs)``. ``global_step`` may
+    come as an argument or inside ``kwargs``. Raises TypeError or ValueError
+    subclasses naming the tag; nothing is mutated."""
+    # the call a training loop makes most: a plain number, an int step, no kwargs
+    if (
+        not kwargs
+        and type(tag) is str
+        and (data_type is AnalyticsDataType.SCALAR or data_type is AnalyticsDataType.METRIC)
+        and (type(value) is float or type(value) is int)
+        and (global_step is None or (type(global_step) is int and global_step >= 0))
+    ):
+        return tag, data_type, value, global_step, None, _NO_KWARGS
     if type(tag) is not str:
         raise InvalidRecordError(f"expect tag to be an instance of str, but got {type(tag)}.")
     dt = coerce_data_type(data_type)
@@ -178,13 +194,15 @@ def validate_call(
         raise InvalidRecordError(
             f"expect '{tag}' value to be an instance of str, but got {type(value)}."
         )
-    step = None
     path = None
-    rest = kwargs
+    rest = _NO_KWARGS
     if kwargs:
         rest = dict(kwargs)
-        step = global_step_value(rest.pop("global_step", None))
+        if global_step is None:
+            global_step = rest.pop("global_step", None)
+        elif "global_step" in rest:
+            raise InvalidRecordError("global_step was given both as an argument and in kwargs")
         path = rest.pop("path", None)
         if path is not None and not isinstance(path, str):
             raise InvalidRecordError(f"expect path to be an instance of str, but got {type(path)}.")
-    return tag, dt, value, step, path, rest
+    return tag, dt, value, global_step_value(global_step), path, rest

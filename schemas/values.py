@@ -10,6 +10,7 @@ numpy array (``NDArray``: dtype, shape, bytes) or any other JSON value
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from flarestream.errors import DecodeError, EncodeError
@@ -40,6 +41,11 @@ def _scalar_branch(value: Any) -> tuple[str, Any] | None:
         item = value.item()
         return None if type(item) is type(value) else _scalar_branch(item)
     return None
+
+
+def _is_ndarray(value: Any) -> bool:
+    np = sys.modules.get("numpy")  # no numpy imported: value cannot be an array
+    return np is not None and isinstance(value, np.ndarray)
 
 
 def _check_json(tag: str, value: Any, where: str) -> None:
@@ -73,6 +79,11 @@ def _json_branch(tag: str, value: Any, where: str) -> tuple[str, dict[str, str]]
 def _ndarray_branch(tag: str, value: Any) -> tuple[str, dict[str, Any]]:
     if value.dtype.hasobject:
         raise EncodeError(f"'{tag}': numpy arrays of dtype object cannot be encoded losslessly")
+    if value.dtype.fields is not None:  # dtype.str of a structured dtype drops its fields
+        raise EncodeError(
+            f"'{tag}': numpy arrays of structured dtype {value.dtype} cannot be encoded "
+            "losslessly; send each field as its own array"
+        )
     return (
         NDARRAY,
         {"dtype": value.dtype.str, "shape": list(value.shape), "data": value.tobytes(order="C")},
@@ -81,6 +92,8 @@ def _ndarray_branch(tag: str, value: Any) -> tuple[str, dict[str, Any]]:
 
 def to_avro_value(tag: str, value: Any) -> tuple[str, Any]:
     """The union branch and datum for a record's value."""
+    if _is_ndarray(value):  # before scalars: a 0-d array must come back as an array
+        return _ndarray_branch(tag, value)
     branch = _scalar_branch(value)
     if branch is not None:
         return branch
@@ -125,7 +138,7 @@ def from_avro_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise DecodeError(f"corrupt JSON value in record: {exc}") from exc
 
 

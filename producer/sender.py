@@ -1,0 +1,324 @@
+"""``AnalyticsSender``: NVFlare's analytics API, delivered through Kafka.
+
+Every call is validated with NVFlare's rules, encoded and handed to
+confluent-kafka's idempotent producer, keyed by site, so a site's records land
+on one partition in call order, with retries that never duplicate or reorder.
+
+Guarantees:
+
+- ``add()`` raises at the call (TypeError/ValueError subclasses naming the tag)
+  for bad input; a rejected call changes nothing and costs no sequence number.
+- ``add()`` never drops a record: when the local queue is full it serves
+  delivery reports for up to ``max_block_s`` and then raises
+  :class:`QueueFullError` (that record was not accepted; earlier ones were).
+- ``flush()`` and ``close()`` return only when every accepted record is
+  confirmed by the broker, or raise :class:`DeliveryError` with the count of
+  records that were not. A broker outage shorter than ``message.timeout.ms``
+  loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import reprlib
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from flarestream.errors import (
+    ConfigError,
+    DeliveryError,
+    FlarestreamError,
+    InvalidRecordError,
+    InvalidRecordValueError,
+    QueueFullError,
+)
+from flarestream.schemas.codec import Codec, default_codec
+from flarestream.schemas.fastpath import SenderEncoder
+from flarestream.schemas.record import (
+    SCHEMA_VERSION,
+    AnalyticsDataType,
+    LogWriterName,
+    coerce_writer,
+    validate_call,
+)
+from flarestream.settings import DEFAULT_TOPIC, default_bootstrap_servers
+
+log = logging.getLogger("flarestream.producer")
+
+# Settings flarestream relies on for its guarantees; a caller may not weaken them.
+REQUIRED_SETTINGS: Mapping[str, Any] = {"enable.idempotence": True, "acks": "all"}
+DEFAULT_SETTINGS: Mapping[str, Any] = {
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 500_000,
+    "message.timeout.ms": 300_000,
+}
+_POLL_EVERY = 1024  # serve delivery reports every N accepted records
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _setting_text(key: str, value: object) -> str:
+    """A setting as librdkafka reads it (``acks=-1`` is ``acks=all``)."""
+    text = str(value).strip().lower()
+    return "all" if key == "acks" and text == "-1" else text
+
+
+def check_name(kind: str, name: object) -> str:
+    """A site or job name that is safe as a directory name in every sink."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{kind} must be a non-empty string, got {name!r}")
+    if _BAD_NAME.search(name) or name in (".", ".."):
+        raise ConfigError(
+            f"{kind} {name!r} contains a path separator or control character; "
+            "sinks use it as a directory name"
+        )
+    return name
+
+
+def _naming_tag(
+    exc: InvalidRecordError | InvalidRecordValueError, tag: object
+) -> InvalidRecordError | InvalidRecordValueError:
+    """``exc`` itself when its message names the tag, else the same error type with
+    the tag in front (NVFlare's messages about the step, path or data type do not)."""
+    name = f"'{tag}'" if isinstance(tag, str) else f"tag {reprlib.repr(tag)}"
+    message = str(exc)
+    if name in message or (isinstance(tag, str) and f"'{tag}." in message):
+        return exc  # already names it ('tag.key' names a dict entry)
+    return type(exc)(f"{name}: {message}")
+
+
+class AnalyticsSender:
+    """Sends one site's analytics records to a Kafka topic.
+
+    ``config`` passes librdkafka settings through (security, tuning...);
+    ``enable.idempotence`` and ``acks`` are fixed. Use as a context manager, or
+    call :meth:`close`. Thread-safe: calls from several threads are serialised,
+    so sequence numbers follow the order in which records were accepted.
+    """
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        job_id: str,
+        bootstrap_servers: str | None = None,
+        topic: str = DEFAULT_TOPIC,
+        writer_name: object = LogWriterName.TORCH_TB,
+        event_type: str = "analytix_log_stats",
+        max_block_s: float = 5.0,
+        config: Mapping[str, Any] | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.site = check_name("site", site)
+        self.job_id = check_name("job_id", job_id)
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"topic must be a non-empty string, got {topic!r}")
+        if max_block_s < 0:
+            raise ConfigError(f"max_block_s must be >= 0, got {max_block_s}")
+        self.topic = topic
+        self.event_type = event_type
+        self.writer_name = coerce_writer(writer_name)
+        self.max_block_s = max_block_s
+        self.sender_id = uuid.uuid4().hex[:16]
+        self.bootstrap_servers = bootstrap_servers or default_bootstrap_servers()
+        self._codec = codec or default_codec()
+        self._encoders: dict[LogWriterName, SenderEncoder] = {}
+        self._key = self.site.encode("utf-8")
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._failed = 0
+        self._failed_total = 0
+        self._first_error: KafkaError | None = None
+        self._fatal: KafkaError | None = None
+        self._closed = False
+        try:
+            self._producer = Producer(self._settings(config or {}))
+        except (KafkaException, TypeError, ValueError) as exc:
+            reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+            raise ConfigError(f"invalid producer setting: {reason}") from None
+
+    def _settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        for key, value in REQUIRED_SETTINGS.items():
+            if key in config and _setting_text(key, config[key]) != _setting_text(key, value):
+                raise ConfigError(f"{key}={config[key]!r} would break ordering or dedup")
+        settings = {**DEFAULT_SETTINGS, **config, **REQUIRED_SETTINGS}
+        settings["bootstrap.servers"] = self.bootstrap_servers
+        settings.setdefault("client.id", f"flarestream-{self.site}")
+        settings.setdefault("logger", log)
+        # only failures call back into Python: successes are counted as
+        # accepted - failed - pending, which saves a callback per record
+        settings["delivery.report.only.error"] = True
+        settings["on_delivery"] = self._on_delivery
+        settings["error_cb"] = self._on_error
+        return settings
+
+    # -- NVFlare's API -------------------------------------------------------
+    def get_writer_name(self) -> LogWriterName:
+        return self.writer_name
+
+    def add(
+        self,
+        tag: str,
+        value: Any,
+        data_type: AnalyticsDataType,
+        global_step: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Validate, encode and enqueue one record (NVFlare's ``add``)."""
+        self.send(tag, value, data_type, global_step, self.writer_name, kwargs)
+
+    def add_scalar(
+        self, tag: str, scalar: float, global_step: int | None = None, **kwargs: Any
+    ) -> None:
+        self.send(tag, scalar, AnalyticsDataType.SCALAR, global_step, self.writer_name, kwargs)
+
+    def add_scalars(
+        self, tag: str, scalars: dict[str, float], global_step: int | None = None, **kwargs: Any
+    ) -> None:
+        self.send(tag, scalars, AnalyticsDataType.SCALARS, global_step, self.writer_name, kwargs)
+
+    def add_text(self, tag: str, text: str, global_step: int | None = None, **kwargs: Any) -> None:
+        self.send(tag, text, AnalyticsDataType.TEXT, global_step, self.writer_name, kwargs)
+
+    def add_image(
+        self, tag: str, image: Any, global_step: int | None = None, **kwargs: Any
+    ) -> None:
+        self.send(tag, image, AnalyticsDataType.IMAGE, global_step, self.writer_name, kwargs)
+
+    # -- the one path every call takes ----------------------------------------
+    def send(
+        self,
+        tag: Any,
+        value: Any,
+        data_type: Any,
+        global_step: Any,
+        writer: LogWriterName,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Validate and enqueue one record as written by ``writer``."""
+        try:
+            tag, dt, value, step, path, rest = validate_call(
+                tag, value, data_type, global_step, kwargs
+            )
+        except (InvalidRecordError, InvalidRecordValueError) as exc:
+            raise _naming_tag(exc, tag) from None
+        encoder = self._encoders.get(writer) or self._encoder(writer)
+        with self._lock:
+            if self._closed:
+                raise FlarestreamError(f"sender for site {self.site!r} is closed; '{tag}' not sent")
+            if self._fatal is not None:
+                raise DeliveryError(f"producer failed fatally: {self._fatal.str()}", self.pending)
+            seq = self._seq
+            now = time.time_ns() // 1_000_000
+            payload = encoder.encode(seq, now, tag, dt, value, step, path, rest)
+            try:
+                self._producer.produce(self.topic, payload, self._key)
+            except BufferError:
+                self._produce_blocking(tag, payload)
+            self._seq = seq + 1
+            if not seq % _POLL_EVERY:
+                self._producer.poll(0)
+
+    def _encoder(self, writer: LogWriterName) -> SenderEncoder:
+        enc = self._codec.sender_encoder(
+            self.site, self.job_id, self.sender_id, writer, SCHEMA_VERSION
+        )
+        self._encoders[writer] = enc
+        return enc
+
+    def _produce_blocking(self, tag: str, payload: bytes) -> None:
+        """Serve delivery reports until the queue takes the record, or time out."""
+        deadline = time.monotonic() + self.max_block_s
+        while True:
+            self._producer.poll(min(0.05, max(0.0, deadline - time.monotonic())))
+            try:
+                self._producer.produce(self.topic, payload, self._key)
+                return
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise QueueFullError(
+                        f"'{tag}' not sent: the producer queue stayed full for "
+                        f"{self.max_block_s:g}s ({len(self._producer)} records waiting for "
+                        f"{self.bootstrap_servers}); raise queue.buffering.max.messages or "
+                        "max_block_s, or check the broker"
+                    ) from None
+
+    # -- delivery --------------------------------------------------------------
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            return
+        self._failed += 1
+        self._failed_total += 1
+        if self._first_error is None:
+            self._first_error = err
+        log.error("record of site %s not delivered: %s", self.site, err.str())
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+        log.warning("kafka client: %s", err.str())
+
+    @property
+    def pending(self) -> int:
+        """Records accepted but not yet confirmed or failed."""
+        return len(self._producer)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts since the sender was made: accepted, delivered, failed, pending."""
+        return {
+            "accepted": self._seq,
+            "delivered": self._seq - self._failed_total - self.pending,
+            "failed": self._failed_total,
+            "pending": self.pending,
+        }
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every accepted record is confirmed (``timeout`` seconds at most;
+        None waits until each is delivered or has timed out). Raises
+        :class:`DeliveryError` naming how many records were not delivered."""
+        remaining = self._producer.flush(-1 if timeout is None else timeout)
+        failed, first = self._failed, self._first_error
+        self._failed, self._first_error = 0, None
+        if remaining or failed:
+            parts = []
+            if failed:
+                parts.append(f"{failed} failed ({first.str() if first else 'unknown error'})")
+            if remaining:
+                parts.append(f"{remaining} still queued after {timeout}s")
+            raise DeliveryError(
+                f"site {self.site!r}: {failed + remaining} records not delivered to "
+                f"{self.topic!r} at {self.bootstrap_servers}: {', '.join(parts)}",
+                failed + remaining,
+            )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then refuse further records. Raises like :meth:`flush`."""
+        with self._lock:
+            self._closed = True
+        self.flush(timeout)
+
+    def __enter__(self) -> AnalyticsSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"AnalyticsSender(site={self.site!r}, job_id={self.job_id!r}, topic={self.topic!r}, "
+            f"bootstrap_servers={self.bootstrap_servers!r})"
+        )
