@@ -12,7 +12,7 @@ venv:  ## create .venv
 	$(PIP) install -q --upgrade pip
 
 install: venv  ## editable install with every extra the tests need
-	$(PIP) install -q -e '.[dev,tensorboard]' --config-settings editable_mode=strict
+	$(PIP) install -q -e '.[dev]' --config-settings editable_mode=strict
 
 demo: install  ## the main job: local broker, simulated sites, read back, summary
 	.venv/bin/flarestream demo

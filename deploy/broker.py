@@ -13,6 +13,7 @@ import base64
 import json
 import shutil
 import signal
+import string
 import subprocess
 import time
 import uuid
@@ -58,7 +59,7 @@ class LocalBroker:
                 raise ConfigError(f"{name} must be a TCP port (1-65535), got {value!r}")
         if port is not None and port == controller_port:
             raise ConfigError(f"port and controller_port must differ, both are {port}")
-        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.data_dir = Path(data_dir).expanduser().resolve()
         state = read_state(self.data_dir)
         self._port: int | None = port or state.get("port")
         self._controller_port: int | None = controller_port or state.get("controller_port")
@@ -112,7 +113,7 @@ class LocalBroker:
         return "\n".join(parts) or "(no log output)"
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, timeout: float = 120, log: runtime.Log = runtime._quiet) -> str:
+    def start(self, timeout: float = 120, log: runtime.Log = runtime.quiet) -> str:
         """Start the broker and return ``127.0.0.1:PORT`` once it answers metadata requests.
 
         Fetches the jars if they are not cached and formats the storage if the data
@@ -127,7 +128,7 @@ class LocalBroker:
         if running is not None:
             raise BrokerError(
                 f"a broker (pid {running}) is already running for {self.data_dir} at "
-                f"{self.bootstrap}; use it, stop it first (flarestream broker stop "
+                f"{HOST}:{read_state(self.data_dir).get('port')}; use it, stop it first (flarestream broker stop "
                 f"--data-dir {self.data_dir}), or choose another data directory"
             )
         java = runtime.check_java()
@@ -218,32 +219,15 @@ class LocalBroker:
     def _write_config(self) -> Path:
         with runtime.packaged_file("log4j2.xml") as src:
             shutil.copyfile(src, self.data_dir / "log4j2.xml")
-        lines = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{HOST}:{self._controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{self._port},CONTROLLER://{HOST}:"
-            f"{self._controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self._port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "log.dirs": str(self.data_dir / "kraft"),
-            "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            # a restart after kill() waits for the old broker session to expire: keep it short
-            "broker.session.timeout.ms": "4000",
-            "broker.heartbeat.interval.ms": "500",
-        }
+        with runtime.packaged_file("server.properties") as template:
+            text = string.Template(template.read_text()).substitute(
+                host=HOST,
+                port=self._port,
+                controller_port=self._controller_port,
+                log_dirs=self.data_dir / "kraft",
+            )
         props = self.data_dir / "server.properties"
-        text = "".join(f"{k}={v}\n" for k, v in lines.items())
-        props.write_text("# written by flarestream LocalBroker on every start\n" + text)
+        props.write_text(text)
         return props
 
     def _format(self, java: Path, cp: str, props: Path, cluster_id: str) -> None:

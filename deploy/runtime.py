@@ -31,7 +31,7 @@ _JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 Log = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     """A progress callback that says nothing."""
 
 
@@ -129,7 +129,7 @@ def jars_cached(kafka_version: str, cache: Path | None = None) -> bool:
     return (libs.parent / _MARKER).is_file() and any(libs.glob("*.jar"))
 
 
-def ensure_jars(kafka_version: str, cache: Path | None = None, log: Log = _quiet) -> Path:
+def ensure_jars(kafka_version: str, cache: Path | None = None, log: Log = quiet) -> Path:
     """The directory holding every jar the broker needs, fetching them first if needed.
 
     Guarantees: returns only a directory whose fetch completed; concurrent callers

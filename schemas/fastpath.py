@@ -79,7 +79,6 @@ class SenderEncoder:
         "_dt_codes",
         "_fallback",
         "_last_ms",
-        "_last_ms_bytes",
         "_prefix",
         "_rid_prefix",
         "_tags",
@@ -95,9 +94,12 @@ class SenderEncoder:
     ) -> None:
         self.head = head
         self._prefix = prefix  # None: every record goes through the fallback
-        self._rid_prefix = (head[2] + "-").encode("utf-8")
-        self._last_ms = -1  # a loop sends many records per millisecond: reuse its bytes
-        self._last_ms_bytes = b""
+        # "replace": a sender_id that is not Unicode has no prefix, so the fallback
+        # (which raises EncodeError) handles its records and this is never used
+        self._rid_prefix = (head[2] + "-").encode("utf-8", "replace")
+        # a loop sends many records per millisecond: reuse its bytes. One (ms, bytes)
+        # tuple, swapped whole, so a thread never pairs one ms with another's bytes.
+        self._last_ms = (0, b"\x00")
         self._dt_codes = data_type_codes
         self._tags: dict[str, bytes] = {}
         self._fallback = fallback
@@ -143,8 +145,9 @@ class SenderEncoder:
             if len(self._tags) >= _TAG_CACHE_SIZE:
                 self._tags.clear()
             tag_bytes = self._tags[tag] = avro_string(tag)
-        if timestamp_ms != self._last_ms:
-            self._last_ms, self._last_ms_bytes = timestamp_ms, zigzag_varint(timestamp_ms)
+        last_ms = self._last_ms
+        if timestamp_ms != last_ms[0]:
+            last_ms = self._last_ms = (timestamp_ms, zigzag_varint(timestamp_ms))
         digits = str(seq).encode()
         return b"".join(
             (
@@ -153,7 +156,7 @@ class SenderEncoder:
                 zigzag_varint(len(self._rid_prefix) + len(digits)),
                 self._rid_prefix,
                 digits,
-                self._last_ms_bytes,
+                last_ms[1],
                 tag_bytes,
                 self._dt_codes[data_type],
                 b"\x00" if step is None else b"\x02" + zigzag_varint(step),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +30,7 @@ def _flarestream(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_lifecycle_and_restart_keeps_data(tmp_path: Path, run_cli) -> None:
+def test_cli_lifecycle_and_restart_keeps_data(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     data_dir = tmp_path / "broker"
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -65,7 +67,7 @@ def test_cli_lifecycle_and_restart_keeps_data(tmp_path: Path, run_cli) -> None:
     assert not LocalBroker(data_dir).is_running()
 
 
-def test_start_refuses_a_taken_port(tmp_path: Path, run_cli) -> None:
+def test_start_refuses_a_taken_port(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -78,7 +80,9 @@ def test_start_refuses_a_taken_port(tmp_path: Path, run_cli) -> None:
     assert read_state(tmp_path).get("pid") is None
 
 
-def test_api_data_dir_in_use_crash_recovery_and_a_dying_process(local_broker_factory) -> None:
+def test_api_data_dir_in_use_crash_recovery_and_a_dying_process(
+    local_broker_factory: Callable[..., LocalBroker],
+) -> None:
     broker = local_broker_factory()
     assert broker.is_running()
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"

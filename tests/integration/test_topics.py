@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -60,7 +62,7 @@ def test_topic_fixture_gives_a_fresh_topic(kafka_bootstrap: str, topic: str) -> 
 
 
 @pytest.mark.integration
-def test_topic_cli(kafka_bootstrap: str, run_cli) -> None:
+def test_topic_cli(kafka_bootstrap: str, run_cli: Callable[..., Any]) -> None:
     name = _name("cli")
     common = ("--bootstrap-servers", kafka_bootstrap)
     create = ("topic", "create", name, "--partitions", "2", "--replication-factor", "1")
@@ -110,8 +112,10 @@ def test_topic_cli(kafka_bootstrap: str, run_cli) -> None:
         ({"bootstrap_servers": ""}, "bootstrap_servers"),
     ],
 )
-def test_create_topic_validates_before_any_network_call(kwargs: dict, fragment: str) -> None:
-    args = {"bootstrap_servers": "127.0.0.1:1", "name": "ok", "partitions": 1}
+def test_create_topic_validates_before_any_network_call(
+    kwargs: dict[str, Any], fragment: str
+) -> None:
+    args: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:1", "name": "ok", "partitions": 1}
     args |= {"replication_factor": 1} | kwargs
     with pytest.raises(ConfigError, match=fragment):
         create_topic(**args)

@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +65,9 @@ def test_java_missing_is_refused_with_what_to_do(bare_env: Path, tmp_path: Path)
     assert not (tmp_path / "data" / "broker.json").exists()  # nothing was spawned
 
 
-def test_java_home_wins_over_path(bare_env: Path, tmp_path: Path, monkeypatch) -> None:
+def test_java_home_wins_over_path(
+    bare_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _fake_java(bare_env, "21.0.1")
     home_java = _fake_java(tmp_path / "jdk" / "bin", "17.0.2")
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
@@ -136,7 +140,7 @@ def test_pom_pins_the_version_and_the_logging_backend() -> None:
 def test_a_live_broker_pid_blocks_its_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    props = str(data.absolute() / "server.properties")
+    props = str(data.resolve() / "server.properties")
     # a stand-in whose command line looks like the broker's
     fake = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka", props]
@@ -179,7 +183,9 @@ def test_unreachable_kafka_is_a_broker_error() -> None:
         create_topic(address, "t", 1, 1, timeout=1)
 
 
-def test_cli_help_and_status_of_a_stopped_broker(tmp_path: Path, run_cli) -> None:
+def test_cli_help_and_status_of_a_stopped_broker(
+    tmp_path: Path, run_cli: Callable[..., Any]
+) -> None:
     for argv in (
         ("broker", "start", "--help"),
         ("broker", "stop", "--help"),

@@ -40,7 +40,7 @@ def test_threads_sharing_a_sender_encoder_write_their_own_timestamps() -> None:
                             float(i), step=i)  # fmt: skip
             back = codec.decode(codec.encode(record))
             if back != record:
-                errors.append(f"thread {worker}: sent {record}, read {back}")
+                errors.append(f"thread {worker}: sent {record!r}\n    read {back!r}")
                 return
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(n_threads)]
@@ -48,4 +48,4 @@ def test_threads_sharing_a_sender_encoder_write_their_own_timestamps() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors, errors[:3]
+    assert not errors, "\n".join(errors[:3])

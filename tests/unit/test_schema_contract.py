@@ -492,8 +492,15 @@ def test_long_field_beyond_64_bits_is_refused_not_wrapped(fields: dict[str, int]
 
 @pytest.mark.parametrize(
     "fields",
-    [{"site": "bad\ud800"}, {"tag": "bad\udfff"}, {"path": "\ud800"}, {"value": "\ud800"}],
-    ids=["site", "tag", "path", "value"],
+    [
+        {"site": "bad\ud800"},
+        {"job_id": "\udc80"},
+        {"sender_id": "s\ud800"},
+        {"tag": "bad\udfff"},
+        {"path": "\ud800"},
+        {"value": "\ud800"},
+    ],
+    ids=["site", "job_id", "sender_id", "tag", "path", "value"],
 )
 def test_string_that_is_not_unicode_is_encode_error(fields: dict[str, str]) -> None:
     codec = Codec()
