@@ -129,21 +129,17 @@ def main() -> int:
             broker.stop()
 
     med = {name: statistics.median(v) for name, v in rates.items()}
-    print(
-        f"{n} scalar records x {args.rounds} rounds (median records/s), python {sys.version.split()[0]}"
-    )
+    py = sys.version.split()[0]
+    print(f"{n} scalar records x {args.rounds} rounds (median records/s), python {py}")
     for name, rate in med.items():
         print(f"  {name:<30} {rate:>12,.0f}")
     print("ratios:")
-    print(
-        f"  codec encode / raw fastavro encode   {med['codec encode'] / med['raw fastavro encode']:.2f}"
-    )
-    print(
-        f"  codec decode / raw fastavro decode   {med['codec decode'] / med['raw fastavro decode']:.2f}"
-    )
-    print(
-        f"  sender / raw produce                 {med['AnalyticsSender.add'] / med['raw confluent-kafka produce']:.2f}"
-    )
+    for label, num, den in (
+        ("codec encode / raw fastavro encode", "codec encode", "raw fastavro encode"),
+        ("codec decode / raw fastavro decode", "codec decode", "raw fastavro decode"),
+        ("sender / raw produce", "AnalyticsSender.add", "raw confluent-kafka produce"),
+    ):
+        print(f"  {label:<36} {med[num] / med[den]:.2f}")
     return 0
 
 

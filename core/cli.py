@@ -20,6 +20,7 @@ from flarestream.errors import ConfigError, FlarestreamError
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("broker", "flarestream.deploy.broker_cli"),
     ("topic", "flarestream.deploy.topic_cli"),
+    ("sink", "flarestream.consumers.sink_cli"),
     ("demo", "flarestream.demo"),
 )
 

@@ -190,10 +190,12 @@ def _read_back(
             for msg in consumer.consume(10_000, timeout=5):
                 if msg.error():
                     continue
-                part, offset = msg.partition(), msg.offset()
+                part, offset, value = msg.partition(), msg.offset(), msg.value()
+                if part is None or offset is None or value is None:
+                    continue
                 if offset >= end[part] - 1:
                     todo.discard(part)
-                record = codec.decode(msg.value())
+                record = codec.decode(value)
                 if record.job_id != job_id:
                     continue
                 report = reports[record.site]

@@ -189,8 +189,14 @@ def head_prefix(header: bytes, parsed_head: Any, head: tuple[Any, ...]) -> bytes
 def head_schema(raw_schema: dict[str, Any]) -> dict[str, Any] | None:
     """A record schema of just the leading per-sender fields, or None when the
     schema is not laid out as :data:`FIELD_ORDER`."""
-    if tuple(f["name"] for f in raw_schema["fields"]) != FIELD_ORDER:
-        return None
+    fields = {f["name"]: f["type"] for f in raw_schema["fields"]}
+    if (
+        tuple(fields) != FIELD_ORDER
+        or fields["value"][:5] != ["null", "boolean", "long", "double", "string"]
+        or fields["step"] != ["null", "long"]
+        or fields["path"] != ["null", "string"]
+    ):
+        return None  # the bytes written by hand below assume exactly this layout
     return {
         "type": "record",
         "name": "AnalyticsRecordHead",

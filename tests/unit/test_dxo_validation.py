@@ -39,7 +39,9 @@ def _raises(exc_type: type[Exception], value: Any, data_type: Any, **kwargs: Any
 
 
 # -- global_step ------------------------------------------------------------------------
-@pytest.mark.parametrize("step", [1.5, 2.0, "3", [1]], ids=["float", "integral-float", "str", "list"])
+@pytest.mark.parametrize(
+    "step", [1.5, 2.0, "3", [1]], ids=["float", "integral-float", "str", "list"]
+)
 def test_non_integer_global_step_is_a_type_error(step: object) -> None:
     error = _raises(TypeError, 0.5, DT.SCALAR, global_step=step)
     assert not isinstance(error, ValueError)
@@ -184,18 +186,30 @@ def test_writer_must_be_the_enum() -> None:
     assert isinstance(info.value, FlarestreamError)
 
 
+class _NVFlare:
+    """Stand-ins for NVFlare's own enum classes: same class and member names."""
+
+    class AnalyticsDataType(enum.Enum):
+        SCALAR = "SCALAR"
+
+    class LogWriterName(enum.Enum):
+        MLFLOW = "MLFLOW"
+
+
+class _Kind(enum.Enum):
+    SCALAR = "SCALAR"
+
+
 def test_nvflare_enum_classes_of_the_same_names_are_accepted() -> None:
-    # a site may still pass NVFlare's own enums (same class and member names)
-    nv_data_type = enum.Enum("AnalyticsDataType", {"SCALAR": "SCALAR"})
-    nv_writer = enum.Enum("LogWriterName", {"MLFLOW": "MLFLOW"})
-    meta = create_analytic_dxo("t", 0.5, nv_data_type.SCALAR, nv_writer.MLFLOW)["meta"]
+    # a site may still pass NVFlare's own enums
+    nv_data_type, nv_writer = _NVFlare.AnalyticsDataType.SCALAR, _NVFlare.LogWriterName.MLFLOW
+    meta = create_analytic_dxo("t", 0.5, nv_data_type, nv_writer)["meta"]
     assert meta["analytics_data_type"] is DT.SCALAR
     assert meta["tracker_key"] is LogWriterName.MLFLOW
 
 
 def test_other_enum_with_a_member_of_the_same_name_is_refused() -> None:
-    impostor = enum.Enum("Kind", {"SCALAR": "SCALAR"})
-    _raises(TypeError, 0.5, impostor.SCALAR)
+    _raises(TypeError, 0.5, _Kind.SCALAR)
 
 
 # -- validate_call itself ------------------------------------------------------------------

@@ -26,7 +26,7 @@ from flarestream.schemas import (
 from flarestream.schemas.dxo import received, record_from_dxo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vectors  # noqa: E402
+import vectors
 
 VALID = vectors.valid_cases()
 INVALID = vectors.invalid_cases()
@@ -55,16 +55,11 @@ def _received_fields(got: Any) -> dict[str, Any]:
 
 def test_vector_file_has_every_case() -> None:
     # guards the parametrisation below: a broken split would silently test nothing
-    assert load_version() == "2.9.0"
+    assert vectors.load_vectors()["nvflare_version"] == "2.9.0"
     assert len(VALID) == 19
     assert len(INVALID) == 11
     assert len(VALID) + len(INVALID) == len(vectors.cases())
     assert len({case["name"] for case in vectors.cases()}) == len(vectors.cases())
-
-
-def load_version() -> str:
-    version: str = vectors.load_vectors()["nvflare_version"]
-    return version
 
 
 def test_tests_data_copy_matches_shared_vectors() -> None:
@@ -124,7 +119,9 @@ def test_decoded_record_reads_for_each_receiver_as_nvflare(
         timestamp_ms=0,
     )
     back = codec.decode(codec.encode(record))
-    vectors.assert_same(_received_fields(received(back, receiver)), _expected_received(case, receiver))
+    vectors.assert_same(
+        _received_fields(received(back, receiver)), _expected_received(case, receiver)
+    )
 
 
 @pytest.mark.parametrize("case", VALID, ids=[case["name"] for case in VALID])

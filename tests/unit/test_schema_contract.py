@@ -37,7 +37,7 @@ from flarestream.schemas import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vectors  # noqa: E402
+import vectors
 
 DT = AnalyticsDataType
 SCHEMA_FILES = sorted(
@@ -126,6 +126,7 @@ def test_schema_parses_with_reference_avro_and_fastavro() -> None:
     for path in SCHEMA_FILES:
         text = path.read_text("utf-8")
         reference = avro.schema.parse(text)
+        assert isinstance(reference, avro.schema.NamedSchema)
         assert reference.fullname == path.name.removesuffix(".avsc")
         fastavro.parse_schema(json.loads(text))
 
@@ -164,8 +165,8 @@ def _reference_read(data: bytes) -> dict[str, Any]:
     stream = io.BytesIO(data[10:])
     datum = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(stream))
     assert stream.tell() == len(data) - 10, "reference reader left bytes unread"
-    result: dict[str, Any] = datum
-    return result
+    assert isinstance(datum, dict)
+    return datum
 
 
 def test_reference_avro_reads_a_scalar_record() -> None:
@@ -328,7 +329,11 @@ def test_unknown_enum_symbol_is_decode_error() -> None:
         (np.bool_(True), DT.SCALAR, True),
         (np.array(2.5), DT.SCALAR, 2.5),
         (2**100, DT.SCALAR, 2**100),
-        ({"a": 1.0, "b": np.int64(2), "c": math.nan}, DT.SCALARS, {"a": 1.0, "b": 2, "c": math.nan}),
+        (
+            {"a": 1.0, "b": np.int64(2), "c": math.nan},
+            DT.SCALARS,
+            {"a": 1.0, "b": 2, "c": math.nan},
+        ),
         ({"acc": np.float32(0.5)}, DT.METRICS, {"acc": 0.5}),
         ({"t1": "x", "t2": ""}, DT.TAGS, {"t1": "x", "t2": ""}),
         (
@@ -482,7 +487,7 @@ def test_kwarg_that_cannot_be_kept_exactly_is_refused_naming_the_tag(kwarg: Any)
     [{"step": 2**63}, {"step": 2**64 + 5}, {"seq": 2**63}, {"timestamp_ms": -(2**63) - 1}],
     ids=["step-2^63", "step-2^64+5", "seq-2^63", "ts-below-min"],
 )
-def test_long_field_beyond_64_bits_is_refused_not_wrapped(fields: dict[str, int]) -> None:
+def test_long_field_beyond_64_bits_is_refused_not_wrapped(fields: dict[str, Any]) -> None:
     codec = Codec()
     record = _record(0.5, **fields)
     for encoder in (codec.encode, codec.encode_record):
