@@ -126,10 +126,11 @@ class LocalBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         running = self.pid
         if running is not None:
+            where = f"{HOST}:{read_state(self.data_dir).get('port')}"
             raise BrokerError(
-                f"a broker (pid {running}) is already running for {self.data_dir} at "
-                f"{HOST}:{read_state(self.data_dir).get('port')}; use it, stop it first (flarestream broker stop "
-                f"--data-dir {self.data_dir}), or choose another data directory"
+                f"a broker (pid {running}) is already running for {self.data_dir} at {where}; "
+                f"use it, stop it first (flarestream broker stop --data-dir {self.data_dir}), "
+                "or choose another data directory"
             )
         java = runtime.check_java()
         port = self._port or free_port()

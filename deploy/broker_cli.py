@@ -53,8 +53,8 @@ def add_parser(subparsers: Any) -> None:
         "--port",
         type=int,
         default=None,
-        help="client port on 127.0.0.1 (default: the port this data dir used before, "
-        f"else {settings.LOCAL_BROKER_PORT})",
+        help="client port on 127.0.0.1; 0 picks a free one (default: the port this data "
+        f"dir used before, else {settings.LOCAL_BROKER_PORT})",
     )
     start.add_argument(
         "--timeout",
@@ -88,8 +88,10 @@ def _broker(args: argparse.Namespace, port: int | None = None) -> LocalBroker:
 
 def _start(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or _default_data_dir()
-    port = args.port or read_state(data_dir).get("port") or settings.LOCAL_BROKER_PORT
-    broker = LocalBroker(data_dir, port=port)
+    port = args.port
+    if port is None:
+        port = read_state(data_dir).get("port") or settings.LOCAL_BROKER_PORT
+    broker = LocalBroker(data_dir, port=port or None)  # 0: any free port
     address = broker.start(timeout=args.timeout, log=_progress)
     _progress(f"running (pid {broker.pid}, data in {broker.data_dir}, log {broker.log_path})")
     print(address, flush=True)
