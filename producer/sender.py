@@ -269,7 +269,11 @@ class AnalyticsSender:
     @property
     def pending(self) -> int:
         """Records accepted but not yet confirmed or failed."""
-        return len(self._producer)
+        # len() of a producer also counts queued logs, errors and delivery reports
+        # (librdkafka's outq_len): serve those first, and never count more records
+        # than were accepted and have not failed
+        self._producer.poll(0)
+        return max(0, min(len(self._producer), self._seq - self._failed_total))
 
     @property
     def stats(self) -> dict[str, int]:
@@ -286,6 +290,8 @@ class AnalyticsSender:
         None waits until each is delivered or has timed out). Raises
         :class:`DeliveryError` naming how many records were not delivered."""
         remaining = self._producer.flush(-1 if timeout is None else timeout)
+        if remaining:  # may include queued logs and errors: count records only
+            remaining = self.pending
         failed, first = self._failed, self._first_error
         self._failed, self._first_error = 0, None
         if remaining or failed:

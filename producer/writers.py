@@ -14,11 +14,13 @@ A writer given no sender makes its own from ``sender_kwargs`` and closes it in
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from flarestream.producer.sender import AnalyticsSender
 from flarestream.schemas.record import AnalyticsDataType as T
 from flarestream.schemas.record import LogWriterName
+
+_W = TypeVar("_W", bound="_Writer")
 
 
 class _Writer:
@@ -46,7 +48,7 @@ class _Writer:
         else:
             self.sender.flush()
 
-    def __enter__(self) -> _Writer:
+    def __enter__(self: _W) -> _W:
         return self
 
     def __exit__(
