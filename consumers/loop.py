@@ -129,8 +129,8 @@ class ConsumerLoop:
         self._dead = DeadLetters(
             cfg.bootstrap_servers, self.dlq_topic, self.sink.name, cfg.consumer_config
         )
-        self.sink.open()
         try:
+            self.sink.open()
             if cfg.until_end:
                 self._capture_ends()
             self._consumer.subscribe(
@@ -141,7 +141,7 @@ class ConsumerLoop:
             self._flush_and_commit()
         finally:
             self._consumer.close()
-            self.sink.close()
+            self.sink.close()  # also when open() failed: a sink may hold a lock
         return self.stats
 
     def _capture_ends(self) -> None:
@@ -203,7 +203,15 @@ class ConsumerLoop:
                 self._dead_letter(msg, f"undecodable: {exc}")
                 continue
             ts = msg.timestamp()[1]
-            batch.append(Delivered(topic, part, offset, ts, value, record))
+            key = msg.key()
+            headers = msg.headers()
+            batch.append(
+                Delivered(
+                    topic, part, offset, ts, value, record,
+                    key if isinstance(key, bytes) else None,
+                    tuple(headers) if headers else (),  # type: ignore[arg-type]
+                )
+            )  # fmt: skip
         if batch:
             for rejection in self.sink.write(batch):
                 self._reject(rejection)
@@ -222,8 +230,7 @@ class ConsumerLoop:
     def _reject(self, rejection: Rejection) -> None:
         assert self._dead is not None
         d = rejection.delivered
-        key = d.record.site.encode("utf-8")
-        self._dead.send(d.topic, d.partition, d.offset, d.raw, key, None, rejection.reason)
+        self._dead.send(d.topic, d.partition, d.offset, d.raw, d.key, d.headers, rejection.reason)
         self.stats.dead_lettered += 1
         self.stats.written -= 1
 

@@ -44,6 +44,8 @@ class Delivered:
     timestamp_ms: int  # the Kafka message timestamp
     raw: bytes  # the message value exactly as read (the archive keeps it)
     record: Record
+    key: bytes | None = None  # the message key (the site, as the sender wrote it)
+    headers: tuple[tuple[str, bytes | None], ...] = ()  # the message headers, if any
 
     @property
     def position(self) -> TopicPartition:
