@@ -38,7 +38,7 @@ from flarestream.consumers.deadletter import DeadLetters
 from flarestream.consumers.sink import Delivered, Rejection, Sink
 from flarestream.errors import ConfigError, DecodeError, FlarestreamError
 from flarestream.schemas.codec import Codec, default_codec
-from flarestream.settings import DEFAULT_TOPIC, default_bootstrap_servers
+from flarestream.settings import DEFAULT_TOPIC, default_bootstrap_servers, kafka_client_config
 
 log = logging.getLogger("flarestream.consumers")
 
@@ -112,8 +112,9 @@ class ConsumerLoop:
     def run(self) -> LoopStats:
         """Consume until :meth:`stop` or, with ``until_end``, the captured end."""
         cfg = self.config
+        client = kafka_client_config(cfg.consumer_config)
         settings = {
-            **cfg.consumer_config,
+            **client,
             "bootstrap.servers": cfg.bootstrap_servers,
             "group.id": self.group,
             "enable.auto.commit": False,
@@ -126,9 +127,7 @@ class ConsumerLoop:
             self._consumer = Consumer(settings)
         except (KafkaException, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid consumer setting: {exc}") from None
-        self._dead = DeadLetters(
-            cfg.bootstrap_servers, self.dlq_topic, self.sink.name, cfg.consumer_config
-        )
+        self._dead = DeadLetters(cfg.bootstrap_servers, self.dlq_topic, self.sink.name, client)
         try:
             self.sink.open()
             if cfg.until_end:

@@ -9,6 +9,7 @@ Command line: ``flarestream broker start|stop|status`` and
 """
 
 from flarestream.deploy.broker import LocalBroker, read_state
+from flarestream.deploy.cluster import LocalCluster
 from flarestream.deploy.osutil import free_port, port_in_use
 from flarestream.deploy.runtime import (
     check_java,
@@ -21,6 +22,7 @@ from flarestream.deploy.topics import TopicInfo, create_topic, describe_topic, l
 
 __all__ = [
     "LocalBroker",
+    "LocalCluster",
     "TopicInfo",
     "check_java",
     "create_topic",

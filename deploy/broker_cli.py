@@ -81,6 +81,10 @@ def add_parser(subparsers: Any) -> None:
     data_dir_option(status)
     status.set_defaults(func=_status)
 
+    from flarestream.deploy.cluster_cli import add_cluster_parser
+
+    add_cluster_parser(commands)
+
 
 def _broker(args: argparse.Namespace, port: int | None = None) -> LocalBroker:
     return LocalBroker(args.data_dir or _default_data_dir(), port=port)

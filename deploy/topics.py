@@ -21,6 +21,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from flarestream import settings
 from flarestream.errors import BrokerError, ConfigError, TopicError
 
 _LEGAL_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -166,7 +167,7 @@ def _admin(bootstrap_servers: str, client_config: Mapping[str, Any] | None) -> A
     if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
         raise ConfigError(f"bootstrap_servers must be 'host:port[,...]', got {bootstrap_servers!r}")
     conf: dict[str, Any] = {"log_level": 0}  # failures are reported as exceptions instead
-    conf.update(client_config or {})
+    conf.update(settings.kafka_client_config(client_config))
     conf["bootstrap.servers"] = bootstrap_servers
     try:
         return AdminClient(conf)
