@@ -94,8 +94,10 @@ class ConsumerLoop:
         self.codec = codec or default_codec()
         self.stats = LoopStats()
         self._stopping = False
+        self._failed = False
         self._assigned: set[Position] = set()
-        self._written: dict[Position, int] = {}  # next offset after what the sink was given
+        self._written: dict[Position, int] = {}  # next offset after every message handled
+        self._given: dict[Position, int] = {}  # next offset after the last record the sink took
         self._committed: dict[Position, int] = {}
         self._ends: dict[Position, int] = {}  # until_end: high watermarks at start
         self._done: set[Position] = set()
@@ -137,7 +139,12 @@ class ConsumerLoop:
                 on_lost=self._on_lost,
             )  # fmt: skip
             self._consume()
-            self._flush_and_commit()
+            self._flush_and_commit(final=True)
+        except BaseException:
+            # closing the consumer revokes its partitions: nothing may be flushed or
+            # committed on the way out of a failure
+            self._failed = True
+            raise
         finally:
             self._consumer.close()
             self.sink.close()  # also when open() failed: a sink may hold a lock
@@ -204,6 +211,7 @@ class ConsumerLoop:
             ts = msg.timestamp()[1]
             key = msg.key()
             headers = msg.headers()
+            self._given[pos] = offset + 1
             batch.append(
                 Delivered(
                     topic, part, offset, ts, value, record,
@@ -234,13 +242,24 @@ class ConsumerLoop:
         self.stats.written -= 1
 
     # -- flush and commit ------------------------------------------------------
-    def _flush_and_commit(self) -> None:
+    def _flush_and_commit(self, final: bool = False) -> None:
+        """Flush the sink (``final``: finish it first), then the dead letters, then
+        commit what the sink reports durable."""
         assert self._consumer is not None and self._dead is not None
+        if final:
+            self.sink.finish()
         durable = self.sink.flush()
         self._dead.flush()  # a dead letter must be safe before its offset is committed
         self.stats.flushes += 1
         self._pending = 0
-        positions = dict(self._written) if durable is None else dict(durable)
+        positions = dict(self._written)
+        if durable is not None:
+            for pos in positions:
+                # a sink durable up to the last record it took also covers the dead
+                # letters after that record; otherwise only what it reports
+                given = self._given.get(pos)
+                if given is not None and durable.get(pos, -1) < given:
+                    positions[pos] = durable.get(pos, self._committed.get(pos, -1))
         offsets = [
             TopicPartition(t, p, o)
             for (t, p), o in positions.items()
@@ -267,7 +286,11 @@ class ConsumerLoop:
                 self._done.add(pos)  # empty partition: nothing to drain
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._flush_and_commit()
+        if not self._failed:  # after a failure: leave everything as a crash would
+            self._flush_and_commit(final=True)
+            # the new owner resumes from the commit: the sink must not keep anything
+            # (e.g. an open file) for these partitions
+            self.sink.drop([(tp.topic, tp.partition) for tp in partitions])
         self._forget(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -280,4 +303,5 @@ class ConsumerLoop:
             pos = (tp.topic, tp.partition)
             self._assigned.discard(pos)
             self._written.pop(pos, None)
+            self._given.pop(pos, None)
             self._committed.pop(pos, None)

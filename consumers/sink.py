@@ -85,12 +85,18 @@ class Sink(ABC):
         durable, or the next offset to commit per partition when only part is
         (e.g. an archive file still open). Must be safe to call when idle."""
 
+    def finish(self) -> None:  # noqa: B027 - an optional hook
+        """Complete everything written so far (e.g. close open files), so that the
+        next :meth:`flush` reports all of it durable. Called before the last commit
+        when the loop stops and before committing partitions being revoked."""
+
     def drop(self, partitions: Iterable[TopicPartition]) -> None:  # noqa: B027
         """Partitions were lost (not revoked cleanly): forget anything unflushed
         from them; they will be read again by whoever owns them now."""
 
     def close(self) -> None:  # noqa: B027
-        """Release resources. Called after the final flush and commit."""
+        """Release resources. Called after the final finish, flush and commit, and
+        also when the loop stops on an error (then nothing more is committed)."""
 
     # -- command line ----------------------------------------------------------
     @classmethod  # noqa: B027 - an optional hook
