@@ -104,6 +104,21 @@ class SenderEncoder:
         self._tags: dict[str, bytes] = {}
         self._fallback = fallback
 
+    def scalar_layout(self) -> tuple[bytes, bytes, bytes, bytes] | None:
+        """The fixed bytes of this encoder's plain scalar records, for a C encoder that
+        writes the same bytes: (framing header + per-sender fields, ``"<sender_id>-"``,
+        SCALAR's enum index, METRIC's enum index); None when every record takes the
+        fallback (a schema of another layout, or fields that cannot be encoded)."""
+        if self._prefix is None:
+            return None
+        codes = self._dt_codes
+        return (
+            self._prefix,
+            self._rid_prefix,
+            codes[AnalyticsDataType.SCALAR],
+            codes[AnalyticsDataType.METRIC],
+        )
+
     def encode(
         self,
         seq: int,
