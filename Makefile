@@ -14,7 +14,8 @@ venv:  ## create .venv
 install: venv  ## editable install with every extra the tests need
 	$(PIP) install -q -e '.[dev]' --config-settings editable_mode=strict
 
-demo: install  ## the main job: local broker, simulated sites, read back, summary
+demo: venv  ## the main job: local broker, simulated sites, the three sinks, summary
+	$(PIP) install -q -e '.[tensorboard,mlflow,archive,demo]' --config-settings editable_mode=strict
 	.venv/bin/flarestream demo
 
 test: install  ## every test (unit + integration against a real Kafka), ruff and mypy

@@ -1,71 +1,69 @@
-"""``flarestream demo``: the main job on one machine, from nothing.
+"""``flarestream demo``: the whole pipeline on one machine, from nothing.
 
 Starts (or reuses) the local broker unless ``FLARESTREAM_BOOTSTRAP_SERVERS`` or
-``--bootstrap-servers`` names one, creates the topic, lets N simulated sites
-train for R rounds while each streams its analytics through an
-``AnalyticsSender``, then reads the new records back with a plain consumer and
-prints, per site, what was sent and what came back. Exit code 0 only when every
-record came back exactly once and in order.
+``--bootstrap-servers`` names one, creates the topic, starts the TensorBoard, MLflow
+and archive sinks as separate ``flarestream sink`` processes (each its own consumer
+group), lets N simulated sites train for R rounds while they stream their analytics,
+waits until every group has committed up to the end of the topic (lag 0), stops the
+sinks, counts what each sink holds for the job, plots every site's curves from the
+archive and says where to look. Exit code 0 only when every record of the job is in
+every sink exactly once, every lag is 0 and every sink stopped cleanly. Each run is
+a new job; the sinks continue from their groups' committed offsets.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import random
+import secrets
 import sys
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from flarestream import settings
-from flarestream.producer import AnalyticsSender, MLflowWriter, SummaryWriter
+from flarestream.errors import ConfigError
 
-
-@dataclass
-class SiteReport:
-    sent: int = 0
-    received: int = 0
-    partitions: set[int] = field(default_factory=set)
-    seqs: list[int] = field(default_factory=list)
-
-    @property
-    def in_order(self) -> bool:
-        return self.seqs == sorted(self.seqs)
-
-    @property
-    def exactly_once(self) -> bool:
-        return len(set(self.seqs)) == len(self.seqs) == self.sent
+DEFAULT_SITES, DEFAULT_ROUNDS, DEFAULT_STEPS = 8, 10, 100
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the main job: local broker, simulated sites, read back, summary",
+        help="run the whole pipeline: local broker, simulated sites, three sinks, summary",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    parser.add_argument("--sites", type=int, default=3, help="simulated sites (default 3)")
-    parser.add_argument("--rounds", type=int, default=5, help="training rounds (default 5)")
-    parser.add_argument(
-        "--steps", type=int, default=200, help="local steps per round, one loss each (default 200)"
-    )
-    parser.add_argument(
-        "--topic", default=settings.DEFAULT_TOPIC, help="topic (default %(default)s)"
-    )
-    parser.add_argument("--partitions", type=int, default=8, help="partitions if the topic is new")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--sites", type=int, default=DEFAULT_SITES, help="simulated sites (%(default)s)")
+    add("--rounds", type=int, default=DEFAULT_ROUNDS, help="training rounds (%(default)s)")
+    add("--steps", type=int, default=DEFAULT_STEPS, help="local steps per round (%(default)s)")
+    add("--topic", default=settings.DEFAULT_TOPIC, help="topic (%(default)s)")
+    add("--partitions", type=int, default=8, help="partitions if the topic is new (%(default)s)")
+    add(
         "--bootstrap-servers",
         default=os.environ.get(settings.ENV_BOOTSTRAP),
         help="an existing Kafka (default: $FLARESTREAM_BOOTSTRAP_SERVERS, else the local broker)",
     )
-    parser.add_argument("--job-id", default=None, help="job id (default: demo-<time>)")
+    add(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the sinks write (default: $FLARESTREAM_HOME/demo, i.e. ~/.flarestream/demo)",
+    )
+    add(
+        "--group-prefix",
+        default="flarestream.demo",
+        help="consumer groups are <prefix>.<sink> (%(default)s); not the sinks' default "
+        "groups, so the demo never takes partitions from sinks you run yourself",
+    )
+    add("--job-id", default=None, help="job id (default: demo-<date>-<time>-<random>)")
+    add("--timeout", type=float, default=120, help="seconds to wait for the sinks (%(default)s)")
     parser.set_defaults(func=run)
 
 
-def _progress(message: str) -> None:
+def _say(message: str) -> None:
     print(f"flarestream demo: {message}", file=sys.stderr, flush=True)
 
 
@@ -76,159 +74,180 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
     broker = LocalBroker(settings.home_dir() / "broker", port=settings.LOCAL_BROKER_PORT)
     if broker.is_running():
-        _progress(f"using the local broker at {broker.bootstrap}")
+        _say(f"using the local broker at {broker.bootstrap}")
         return broker.bootstrap
-    _progress("starting the local broker (the first start fetches Kafka with Maven)")
-    return broker.start(log=_progress)
+    _say("starting the local broker (the first start fetches Kafka with Maven)")
+    return broker.start(log=_say)
 
 
-def simulate_site(
-    site: str, index: int, job_id: str, args: argparse.Namespace, bootstrap: str
-) -> int:
-    """One site's training loop; returns how many records it sent."""
-    rng = random.Random(index)
-    speed = 0.6 + 0.15 * index  # each site learns at its own pace
-    with AnalyticsSender(
-        site=site, job_id=job_id, bootstrap_servers=bootstrap, topic=args.topic
-    ) as sender:
-        tb = SummaryWriter(sender)
-        ml = MLflowWriter(sender)
-        ml.log_params({"lr": 0.01 * (index + 1), "optimizer": "sgd", "batch_size": 32})
-        ml.set_tags({"site": site, "hospital_tier": str(index % 3)})
-        for rnd in range(args.rounds):
-            for local in range(args.steps):
-                step = rnd * args.steps + local
-                progress = step / max(1, args.rounds * args.steps)
-                loss = 2.0 * math.exp(-3 * speed * progress) + 0.05 * rng.random()
-                tb.add_scalar("train/loss", loss, global_step=step)
-            acc = 1 - math.exp(-2 * speed * (rnd + 1) / args.rounds) * 0.9
-            tb.add_scalars("val", {"accuracy": acc, "loss": 1 - acc}, global_step=rnd)
-            ml.log_metric("val_accuracy", acc, step=rnd)
-            sender.add_text("notes", f"{site} finished round {rnd}", global_step=rnd)
-            sender.add_image("samples", _image(rng, index, rnd), global_step=rnd)
-        ml.log_text(f"{site} trained {args.rounds} rounds", "summary.txt")
-        sender.flush()
-        return sender.stats["accepted"]
-
-
-def _image(rng: random.Random, index: int, rnd: int) -> Any:
-    try:
-        import numpy as np
-    except ImportError:  # numpy is optional for the demo: send the pixels as a nested list
-        return [[(index * 40 + rnd * 10 + x + y) % 256 for x in range(8)] for y in range(8)]
-    img = np.zeros((16, 16, 3), dtype=np.uint8)
-    img[..., index % 3] = (np.arange(16)[None, :] * 16 + rnd * 20) % 256
-    return img
+def new_job_id() -> str:
+    return time.strftime("demo-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def run(args: argparse.Namespace) -> int:
-    from flarestream.deploy import create_topic
+    from flarestream.consumers.progress import Progress
+    from flarestream.demo_sinks import Offsets, SinkFailed, sink_processes, stop_all
+    from flarestream.deploy import create_topic, describe_topic, list_topics
 
+    for name in ("sites", "rounds", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    began = time.monotonic()
+    work = (args.workdir or settings.home_dir() / "demo").expanduser().absolute()
+    job_id = args.job_id or new_job_id()
+    for sink_dir in ("archive", "tensorboard"):
+        if (work / sink_dir / job_id).exists():  # its records would be counted twice
+            raise ConfigError(f"job {job_id!r} is already in {work / sink_dir}; use a new --job-id")
     bootstrap = _bootstrap(args)
-    job_id = args.job_id or time.strftime("demo-%Y%m%d-%H%M%S")
-    created = create_topic(bootstrap, args.topic, args.partitions, 1)
-    _progress(f"topic {args.topic!r} {'created' if created else 'exists'} on {bootstrap}")
-    start = _watermarks(bootstrap, args.topic)
-    sites = [f"site-{i + 1}" for i in range(args.sites)]
-    _image(random.Random(0), 0, 0)  # import numpy once, before the site threads do
-    reports: dict[str, SiteReport] = defaultdict(SiteReport)
+    if args.topic in list_topics(bootstrap):  # a topic that exists is used as it is
+        info = describe_topic(bootstrap, args.topic)
+        _say(f"topic {args.topic!r} exists on {bootstrap} ({info.partitions} partitions)")
+    else:
+        create_topic(bootstrap, args.topic, args.partitions, 1)
+        _say(f"topic {args.topic!r} created on {bootstrap} ({args.partitions} partitions)")
+    sinks = sink_processes(work, bootstrap, args.topic, args.group_prefix)
+    offsets = Offsets(bootstrap, args.topic)
+    try:
+        for sink in sinks:
+            sink.start()
+        _say(f"sinks started ({', '.join(s.group for s in sinks)}); logs in {work / 'logs'}")
+        sent, errors = _simulate(args, job_id, bootstrap, sinks, Progress)
+        if errors:
+            for error in errors:
+                _say(f"error: {error}")
+            return 1
+        lags = _catch_up(args, offsets, sinks, Progress)
+        codes = stop_all(sinks)
+    except SinkFailed as exc:
+        _say(str(exc))
+        return 1
+    finally:
+        stop_all(sinks)
+        offsets.close()
+    for sink in sinks:
+        if codes[sink.name] != 0:
+            _say(str(sink.failure("did not stop cleanly")))
+            return 1
+    return _report(args, work, job_id, bootstrap, sent, lags, codes, began)
+
+
+def _simulate(
+    args: argparse.Namespace, job_id: str, bootstrap: str, sinks: list[Any], progress: Any
+) -> tuple[dict[str, int], list[str]]:
+    """Run every site in its own thread; (records delivered per site, errors)."""
+    from flarestream.demo_sinks import check_alive
+    from flarestream.demo_sites import SiteProfile, image, records_per_site, simulate_site
+
+    profiles = [SiteProfile.make(i) for i in range(args.sites)]
+    image(profiles[0], 0, 1)  # import numpy once, before the site threads do
+    counter = [0] * len(profiles)
+    sent: dict[str, int] = {}
     errors: list[str] = []
 
-    def worker(i: int, site: str) -> None:
+    def site(p: SiteProfile) -> None:
         try:
-            reports[site].sent = simulate_site(site, i, job_id, args, bootstrap)
-        except Exception as exc:  # reported in the summary, never swallowed
-            errors.append(f"{site}: {exc}")
+            sent[p.name] = simulate_site(
+                p, job_id=job_id, rounds=args.rounds, steps=args.steps,
+                bootstrap=bootstrap, topic=args.topic, counter=counter,
+            )  # fmt: skip
+        except Exception as exc:  # reported, never swallowed
+            errors.append(f"{p.name}: {type(exc).__name__}: {exc}")
 
-    began = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(i, s)) for i, s in enumerate(sites)]
+    total = args.sites * records_per_site(args.rounds, args.steps)
+    bar = progress(f"{args.sites} sites sending", total=total)
+    threads = [threading.Thread(target=site, args=(p,), daemon=True) for p in profiles]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - began
-    total = sum(r.sent for r in reports.values())
-    _progress(f"{len(sites)} sites sent {total} records in {elapsed:.1f}s; reading them back")
-    _read_back(bootstrap, args.topic, start, job_id, reports)
-    return _summary(job_id, bootstrap, args.topic, sites, reports, errors)
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.1)
+        bar.advance(sum(counter) - bar.done)
+        check_alive(sinks)  # a sink that cannot start: say so now, not after the wait
+    bar.advance(sum(counter) - bar.done)
+    bar.finish(f"job {job_id}, every record confirmed by the broker" if not errors else "")
+    return sent, errors
 
 
-def _watermarks(bootstrap: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+def _catch_up(
+    args: argparse.Namespace, offsets: Any, sinks: list[Any], progress: Any
+) -> dict[str, int]:
+    from flarestream.demo_sinks import wait_caught_up
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "flarestream-demo"})
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in meta.partitions
-        }
-    finally:
-        consumer.close()
+    marks = offsets.watermarks()  # every sender has flushed: these ends hold the whole job
+    state: dict[str, Any] = {}
 
+    def on_lag(lag: int) -> None:
+        if "bar" not in state:
+            state["first"] = lag
+            state["bar"] = progress(f"{len(sinks)} sinks catching up", total=lag)
+        bar = state["bar"]
+        bar.advance(max(0, state["first"] - lag - bar.done))
 
-def _read_back(
-    bootstrap: str, topic: str, start: dict[int, int], job_id: str, reports: dict[str, SiteReport]
-) -> None:
-    from confluent_kafka import Consumer, TopicPartition
-
-    from flarestream.schemas import default_codec
-
-    codec = default_codec()
-    end = _watermarks(bootstrap, topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "flarestream-demo",
-            "enable.auto.commit": False,
-        }
-    )
-    todo = {p for p in end if end[p] > start.get(p, 0)}
-    consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
-    try:
-        while todo:
-            for msg in consumer.consume(10_000, timeout=5):
-                if msg.error():
-                    continue
-                part, offset, value = msg.partition(), msg.offset(), msg.value()
-                if part is None or offset is None or value is None:
-                    continue
-                if offset >= end[part] - 1:
-                    todo.discard(part)
-                record = codec.decode(value)
-                if record.job_id != job_id:
-                    continue
-                report = reports[record.site]
-                report.received += 1
-                report.partitions.add(part)
-                report.seqs.append(record.seq)
-    finally:
-        consumer.close()
+    lags = wait_caught_up(sinks, offsets, marks, args.timeout, on_lag)
+    state["bar"].finish("lag 0 for " + ", ".join(lags))
+    return lags
 
 
-def _summary(
+def _report(
+    args: argparse.Namespace,
+    work: Path,
     job_id: str,
     bootstrap: str,
-    topic: str,
-    sites: list[str],
-    reports: dict[str, SiteReport],
-    errors: list[str],
+    sent: dict[str, int],
+    lags: dict[str, int],
+    codes: dict[str, int],
+    began: float,
 ) -> int:
-    print(f"job {job_id} on topic {topic!r} at {bootstrap}")
-    print(
-        f"{'site':<10} {'sent':>8} {'read back':>10} {'partition':>10} {'in order':>9} {'once':>5}"
+    from flarestream.demo_report import (
+        COUNTED,
+        count_mlflow,
+        count_tensorboard,
+        plot_curves,
+        read_archive,
+        summary_table,
     )
-    ok = not errors
-    for site in sites:
-        r = reports[site]
-        good = r.exactly_once and r.in_order and len(r.partitions) == 1
-        ok = ok and good
-        parts = ",".join(map(str, sorted(r.partitions))) or "-"
-        print(
-            f"{site:<10} {r.sent:>8} {r.received:>10} {parts:>10} "
-            f"{'yes' if r.in_order else 'NO':>9} {'yes' if r.exactly_once else 'NO':>5}"
-        )
-    for err in errors:
-        print(f"error: {err}")
-    print("all records delivered exactly once, in order" if ok else "FAILED: see the rows above")
-    return 0 if ok else 1
+    from flarestream.demo_sinks import mlflow_uri
+
+    _say("reading every sink back")
+    sites = sorted(sent, key=lambda s: int(s.rsplit("-", 1)[1]))
+    archive = read_archive(work / "archive", job_id)
+    found: dict[str, Counter[str]] = {
+        "tensorboard": count_tensorboard(work / "tensorboard", job_id),
+        "mlflow": count_mlflow(mlflow_uri(work), job_id),
+        "archive": archive.counts,
+    }
+    png = work / f"{job_id}-curves.png"
+    curves_line = plot_curves(archive, sites, png, job_id, args.rounds, args.steps)
+    table, ok = summary_table(sites, sent, found, archive)
+    print(
+        f"job {job_id}: {args.sites} sites x {args.rounds} rounds x {args.steps} steps, "
+        f"topic {args.topic!r} at {bootstrap}\n"
+    )
+    print("\n".join(table) + "\n")
+    print(COUNTED + "\n")
+    print(f"{'consumer group':<36}{'lag':>5}  sink exit code")
+    for name, group in zip(codes, lags, strict=True):
+        print(f"{group:<36}{lags[group]:>5}  {codes[name]}")
+    mlflow_ui = f"mlflow ui --backend-store-uri {mlflow_uri(work)}"
+    print("\nwhere to look:")
+    print(f"  TensorBoard: tensorboard --logdir {work / 'tensorboard'}")
+    print(f"  MLflow:      {mlflow_ui}{_mlflow_ui_note()}")
+    print(f"  archive:     {work / 'archive' / job_id}")
+    print(f"  {curves_line}")
+    print(f"  sink logs:   {work / 'logs'}\n")
+    took = time.monotonic() - began
+    if ok and not any(lags.values()):
+        print(f"OK: every record of job {job_id} is in every sink exactly once ({took:.1f} s)")
+        return 0
+    print(f"FAILED: some sink does not hold every record of {job_id} once (rows marked above)")
+    return 1
+
+
+def _mlflow_ui_note() -> str:
+    """mlflow-skinny (the ``mlflow`` extra) has no UI; the full package does."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("mlflow")
+    except PackageNotFoundError:
+        return "  (the UI needs the full package: pip install mlflow)"
+    return ""
