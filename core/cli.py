@@ -21,6 +21,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("broker", "flarestream.deploy.broker_cli"),
     ("topic", "flarestream.deploy.topic_cli"),
     ("sink", "flarestream.consumers.sink_cli"),
+    ("replay", "flarestream.consumers.replay_cli"),
+    ("audit", "flarestream.consumers.audit_cli"),
     ("demo", "flarestream.demo"),
 )
 
