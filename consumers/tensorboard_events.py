@@ -29,7 +29,9 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.text.summary_v2 import text_pb
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from flarestream.consumers.sink import TopicPartition
 from flarestream.errors import ConfigError, FlarestreamError
@@ -331,3 +334,29 @@ def cut_back(logdir: Path, state: SinkState, owned: Iterable[tuple[Path, int]]) 
                 fsync_file(path)
             elif size < length:
                 log.warning("%s lost %d flushed bytes (not by this sink)", rel, length - size)
+
+
+class EventFile:
+    """One event file, written synchronously, named so that the files of a directory
+    sort in the order they were made: TensorBoard reads a directory's files in name
+    order and never returns to an older one. (TensorBoard's own writer numbers its
+    files with an unpadded counter, so "...10" would sort before "...9".)"""
+
+    def __init__(self, directory: str, filename_suffix: str, number: int) -> None:
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{number:012d}{filename_suffix}"
+        )
+        self._file = open(os.path.join(directory, name), "ab")  # noqa: SIM115 - kept open
+        self._records = RecordWriter(self._file)
+        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        """Hand the bytes to the OS (the sink fsyncs the file afterwards)."""
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

@@ -56,7 +56,6 @@ STATE_DIR = ".flarestream"
 MAX_PATH_BYTES = 3800  # PATH_MAX is 4096; leave room for the event file's own name
 _STATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}\Z")
 _UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
-_QUEUE = 64  # events queued per open writer: bounds memory (an image may be megabytes)
 
 
 def unsafe_name(kind: str, name: str) -> str | None:
@@ -75,7 +74,7 @@ def unsafe_name(kind: str, name: str) -> str | None:
 
 @dataclass
 class _OpenFile:
-    writer: Any  # tensorboard's EventFileWriter
+    writer: Any  # tensorboard_events.EventFile
     path: str  # relative to the logdir, with "/"
     size: int = 0  # bytes made durable
     dirty: bool = True  # written since the last flush (a new file has its header)
@@ -130,15 +129,13 @@ class TensorBoardSink(Sink):
         ConfigError when tensorboard is missing, another process holds this logdir
         and state name, or this sink's event files exist without their state."""
         try:
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
             from flarestream.consumers import tensorboard_events
         except ImportError as exc:
             raise ConfigError(
                 f"the tensorboard sink needs tensorboard and numpy ({exc}); "
                 "install them with: pip install 'flarestream[tensorboard]'"
             ) from None
-        self._events, self._writer_class = tensorboard_events, EventFileWriter
+        self._events, self._writer_class = tensorboard_events, tensorboard_events.EventFile
         (self.logdir / STATE_DIR).mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
@@ -258,7 +255,7 @@ class TensorBoardSink(Sink):
         number = self._state.next_file
         self._state.next_file += 1
         suffix = f"{self._suffix}{number}"
-        writer = self._writer_class(str(directory), max_queue_size=_QUEUE, filename_suffix=suffix)
+        writer = self._writer_class(str(directory), suffix, number)
         (path,) = directory.glob(f"*{suffix}")
         opened = _OpenFile(writer, path.relative_to(self.logdir).as_posix())
         self._writers[run] = opened

@@ -46,6 +46,9 @@ class LocalBroker:
     session), so it outlives the Python process that started it until :meth:`stop`.
     """
 
+    # True for a broker whose listeners need TLS and authentication (SecureBroker)
+    secure = False
+
     def __init__(
         self,
         data_dir: Path,
@@ -131,6 +134,12 @@ class LocalBroker:
                 f"a broker (pid {running}) is already running for {self.data_dir} at {where}; "
                 f"use it, stop it first (flarestream broker stop --data-dir {self.data_dir}), "
                 "or choose another data directory"
+            )
+        if read_state(self.data_dir).get("secure") and not self.secure:
+            raise BrokerError(
+                f"the broker in {self.data_dir} was set up with TLS and authentication; "
+                "start it the same way (flarestream broker start --secure) rather than "
+                "silently without them"
             )
         java = runtime.check_java()
         port = self._port or free_port()
@@ -231,9 +240,16 @@ class LocalBroker:
         props.write_text(text)
         return props
 
+    def _client_settings(self) -> dict[str, Any]:
+        """librdkafka settings with which :meth:`start` checks that the broker serves
+        (none for plaintext; they may name another ``bootstrap.servers``)."""
+        return {}
+
     def _format(self, java: Path, cp: str, props: Path, cluster_id: str) -> None:
         cmd = [str(java), *self._jvm_options(), "-cp", cp, "kafka.tools.StorageTool"]
-        cmd += ["format", "-t", cluster_id, "-c", str(props)]
+        # "--cluster-id=ID": an id may start with "-", which the option parser would
+        # otherwise take for an option
+        cmd += ["format", f"--cluster-id={cluster_id}", "-c", str(props)]
         done = subprocess.run(
             cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300, check=False
         )
@@ -252,6 +268,7 @@ class LocalBroker:
                 "reconnect.backoff.ms": 100,
                 "reconnect.backoff.max.ms": 500,
                 "log_level": 0,
+                **self._client_settings(),
             }
         )
         deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ class ArchiveHarness(SinkHarness):
         return ArchiveSink(root)
 
     def cli_args(self, root: Path) -> list[str]:
-        return ["--root", str(root)]
+        return ["--root", str(root), "--max-age", "1"]
 
     def read_points(self, root: Path, job_id: str) -> list[Point]:
         points: list[Point] = []
