@@ -31,6 +31,7 @@ every held record.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,8 @@ except ImportError as exc:
     raise MissingNVFlareError(
         f"flarestream's NVFlare components need NVFlare ({exc}): {NVFLARE_EXTRA_HINT}"
     ) from None
+
+log = logging.getLogger("flarestream.producer.nvflare")
 
 FED_ANALYTIC_EVENT_TYPE = "fed." + ANALYTIC_EVENT_TYPE
 DEFAULT_EVENTS = (ANALYTIC_EVENT_TYPE, FED_ANALYTIC_EVENT_TYPE)
@@ -133,6 +136,12 @@ class KafkaStreamer(Widget):
         self._reorder: StepReorderer[_Item] = StepReorderer(reorder_window, self._produce)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        try:
+            self._handle(event_type, fl_ctx)
+        except Exception:  # a bug of ours must not reach NVFlare's dispatch (training thread)
+            log.exception("%s: handling %s failed", type(self).__name__, event_type)
+
+    def _handle(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type in self._event_types:
             self._take(fl_ctx)
         elif event_type == EventType.AFTER_TASK_EXECUTION:
@@ -168,8 +177,8 @@ class KafkaStreamer(Widget):
             self._produce(item)
             return
         # fired for a record that came from a trainer process (see the reorder module)
-        data = dxo.data if isinstance(dxo.data, dict) else {}
-        tag, step = data.get("track_key"), data.get("global_step")
+        fields = dxo.data if isinstance(dxo.data, dict) else {}
+        tag, step = fields.get("track_key"), fields.get("global_step")
         if isinstance(tag, str) and isinstance(step, int) and not isinstance(step, bool):
             self._reorder.add(tag, step, item)
         else:  # no step to order by (or an invalid record): send it now

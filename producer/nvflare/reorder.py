@@ -8,13 +8,17 @@ is not the order they were logged in (in a 3-site burst of 300 scalars, about 40
 of one site's records came out of step order). Nothing in such a record says when
 it was logged, but its step does say where it belongs.
 
-:class:`StepReorderer` holds each record that has a step for a window of time and
-releases each tag's records in step order: when a record's time is up, it goes out
+:class:`StepReorderer` releases each tag's records in step order. A record whose
+step follows the last one released (the same step or the next; steps start at 0)
+goes out at once, with any held records that now follow on. Any other record waits
+for the records before it, at most a window of time: when its time is up it goes out
 together with every held record of its tag with a smaller or equal step. So a tag's
 records leave in step order whenever no record is held up inside NVFlare for longer
-than the window. A record that comes later than that (its step is below one already
-released) is released at once, and the window doubles for the records after it, up
-to ``max_window_s``: NVFlare's delays grow with the load of the machine.
+than the window, and a training loop that counts its steps one by one loses no time.
+A record that comes later than the window (its step is below one already released)
+is released at once, and the window doubles for the records after it (at most once
+per window), up to ``max_window_s``: NVFlare's delays grow with the load of the
+machine.
 
 Records without a step are not held. Records of one tag with the same step keep
 their arrival order. Not promised: the order between different tags; step order for
@@ -54,7 +58,7 @@ class StepReorderer(Generic[T]):
         self.late = 0  # records that came after a larger step of their tag had left
         self._emit = emit
         self._held: dict[str, list[_Held[T]]] = {}  # tag -> heap by (step, arrival)
-        self._top: dict[str, int] = {}  # tag -> largest step released
+        self._top: dict[str, int] = {}  # tag -> largest step released (-1: none yet)
         # deadlines in arrival order (the window never shrinks): (deadline, tag, step);
         # an entry whose record already left with a larger step releases nothing
         self._due: deque[tuple[float, str, int]] = deque()
@@ -64,6 +68,7 @@ class StepReorderer(Generic[T]):
         self._emit_lock = threading.Lock()  # one releasing thread at a time keeps order
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._grown_at = -float("inf")
 
     @property
     def held(self) -> int:
@@ -73,20 +78,26 @@ class StepReorderer(Generic[T]):
         if step is None or self.window_s <= 0:
             self._release([item])
             return
-        with self._cond:
-            if step < self._top.get(tag, step):
-                self._note_late(tag, step)
-                late = True
-            else:
-                late = False
-                heapq.heappush(self._held.setdefault(tag, []), (step, next(self._arrivals), item))
-                self._due.append((time.monotonic() + self.window_s, tag, step))
-                self._count += 1
-                self._start_thread()
-                if len(self._due) == 1:  # the thread waits without a deadline: wake it
-                    self._cond.notify()
-        if late:
-            self._release([item])
+        # the emit lock first: what this call releases must not cross a batch of the
+        # releasing thread
+        with self._emit_lock:
+            with self._cond:
+                if step < self._top.get(tag, -1):
+                    self._note_late(tag, step)
+                    ready = [item]
+                else:
+                    heap = self._held.setdefault(tag, [])
+                    heapq.heappush(heap, (step, next(self._arrivals), item))
+                    self._count += 1
+                    ready = self._pop_following(tag, heap)
+                    if heap:
+                        self._due.append((time.monotonic() + self.window_s, tag, step))
+                        self._start_thread()
+                        if len(self._due) == 1:  # the thread waits with no deadline: wake it
+                            self._cond.notify()
+                    else:
+                        del self._held[tag]
+            self._release(ready, locked=True)
 
     def drain(self) -> None:
         """Release everything held now, each tag in step order."""
@@ -108,8 +119,11 @@ class StepReorderer(Generic[T]):
     # -- under self._cond --------------------------------------------------------------
     def _note_late(self, tag: str, step: int) -> None:
         self.late += 1
+        now = time.monotonic()
         grown = min(self.max_window_s, self.window_s * 2)
-        if grown > self.window_s:
+        # at most once per window: one stall makes many records late at once
+        if grown > self.window_s and now - self._grown_at >= self.window_s:
+            self._grown_at = now
             log.warning(
                 "a record of tag %r (step %s) reached the client job after step %s had "
                 "been sent: NVFlare held it up for more than %.3g s; holding records from "
@@ -117,6 +131,17 @@ class StepReorderer(Generic[T]):
                 tag, step, self._top[tag], self.window_s, grown,
             )  # fmt: skip
             self.window_s = grown
+
+    def _pop_following(self, tag: str, heap: list[_Held[T]]) -> list[T]:
+        """Pop the held records that follow on from the last step released."""
+        top, out = self._top.get(tag, -1), []
+        while heap and heap[0][0] <= top + 1:
+            step, _, item = heapq.heappop(heap)
+            out.append(item)
+            top = max(top, step)
+        self._top[tag] = top
+        self._count -= len(out)
+        return out
 
     def _start_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():

@@ -155,7 +155,8 @@ class SenderPool:
         True when the record was accepted; never raises (see the module doc)."""
         sender = self.sender(site, job_id)
         if sender is None:
-            self.refuse(site, job_id, "not sent (no sender)", self._broken[(site, job_id)])
+            why = self._broken.get((site, job_id), "the run has ended")
+            self.refuse(site, job_id, "not sent (no sender)", why)
             return False
         if not isinstance(data, dict) or not isinstance(meta, dict):
             self.refuse(site, job_id, "invalid", "the DXO's data or meta is not a dict")
@@ -173,7 +174,8 @@ class SenderPool:
         except (TypeError, ValueError) as exc:  # NVFlare's and flarestream's validation
             self.refuse(site, job_id, "invalid", f"{type(exc).__name__}: {exc}")
             return False
-        except FlarestreamError as exc:  # queue full, sender closed or failed fatally
+        except Exception as exc:  # queue full, closed, failed; Kafka refusing a large record
+            # never into NVFlare's event dispatch: it runs on the training thread
             self.refuse(site, job_id, "not sent", f"{type(exc).__name__}: {exc}")
             return False
         return True
