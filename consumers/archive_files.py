@@ -52,6 +52,24 @@ ARCHIVE_SCHEMA: Mapping[str, Any] = {
         {"name": "writer", "type": "string", "doc": "LogWriterName member name."},
         {"name": "step", "type": ["null", "long"], "default": None},
         {"name": "timestamp_ms", "type": "long", "doc": "Sender wall clock, ms since epoch."},
+        {
+            "name": "headers",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "Header",
+                    "fields": [
+                        {"name": "key", "type": "string"},
+                        {"name": "value", "type": ["null", "bytes"]},
+                    ],
+                },
+            },
+            "default": [],
+            "doc": "The message headers in order (the site's signature, flarestream.sig, "
+            "among them), so provenance can be checked later. Absent from files written "
+            "before it was added: read with row.get('headers') or [].",
+        },
     ],
 }
 FORMATS = ("avro", "parquet")
@@ -214,12 +232,22 @@ def to_row(d: Delivered) -> dict[str, Any]:
         "writer": r.writer.name,
         "step": r.step,
         "timestamp_ms": r.timestamp_ms,
+        "headers": [{"key": k, "value": v} for k, v in d.headers],
     }
+
+
+def row_headers(row: Mapping[str, Any]) -> tuple[tuple[str, bytes | None], ...]:
+    """The message headers of an archive row (none in files older than the field)."""
+    return tuple(
+        (h["key"], None if h["value"] is None else bytes(h["value"]))
+        for h in row.get("headers") or ()
+    )
 
 
 def row_size(row: Mapping[str, Any]) -> int:
     """Rough uncompressed size of a row, for rotation by bytes and buffer bounds."""
-    return len(row["message"]) + len(row["tag"]) + len(row["record_id"]) + 64
+    headers = 80 * len(row["headers"]) if "headers" in row else 0  # a signature is 64 bytes
+    return len(row["message"]) + len(row["tag"]) + len(row["record_id"]) + 64 + headers
 
 
 def iter_rows(fmt: str, fo: IO[bytes]) -> Iterator[dict[str, Any]]:
@@ -367,8 +395,14 @@ def arrow_schema(metadata: Mapping[str, str] | None = None) -> Any:
     import pyarrow as pa
 
     kinds = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "bytes": pa.binary()}
+    header = pa.struct(
+        [pa.field("key", pa.string(), nullable=False), pa.field("value", pa.binary())]
+    )
     fields = []
     for f in ARCHIVE_SCHEMA["fields"]:
+        if f["name"] == "headers":  # the one nested field: an array of Header records
+            fields.append(pa.field("headers", pa.list_(header), nullable=False))
+            continue
         nullable = isinstance(f["type"], list)
         kind = f["type"][1] if nullable else f["type"]
         fields.append(pa.field(f["name"], kinds[kind], nullable=nullable))

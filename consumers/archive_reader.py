@@ -34,6 +34,7 @@ from flarestream.consumers.archive_files import (
     Manifest,
     iter_rows,
     parse_data_name,
+    row_headers,
     temp_name,
 )
 from flarestream.errors import ConfigError
@@ -254,6 +255,7 @@ class ArchivedRecord:
     kafka_timestamp_ms: int
     raw: bytes
     record: Record
+    headers: tuple[tuple[str, bytes | None], ...] = ()  # the message headers, if archived
 
 
 class ArchiveReader(AbstractContextManager["ArchiveReader"]):
@@ -326,6 +328,7 @@ class ArchiveReader(AbstractContextManager["ArchiveReader"]):
                 row["kafka_timestamp_ms"],
                 raw,
                 self.codec.decode(raw),
+                row_headers(row),
             )
 
     def all_records(

@@ -11,15 +11,19 @@ messages (accounting in :mod:`flarestream.consumers.audit`). Every archive file 
 checked against its manifest (size, sha256, row count). With both a topic and an
 archive, a reconciliation: each record of the topic range is in the archive exactly
 once, by record id and, when the archive was written from this topic, by offset
-with the same bytes.
+with the same bytes. With ``--verify-keys``, provenance: per source and site, records
+signed by the site they claim, unsigned, with a bad signature, or of an unknown site;
+every record that does not verify is named (a record forged by site A claiming to be
+site B names A when A's key is known) and fails the audit.
 
 Scope of the archive: its records of ``--archive-topic``; by default of the audited
 topic when the archive holds it (then only the rows inside the topic range), else
 every record it holds (a topic rebuilt from the archive is compared by record id).
 
 Exit codes: 0 everything reconciles; 1 anything is missing, doubled, out of order,
-altered or undecodable; 2 usage (bad options, unknown topic, a ``--from``/``--to``
-range that holds no message, an archive root that does not exist).
+altered, undecodable or (with ``--verify-keys``) not signed by its site; 2 usage (bad
+options, unknown topic, a ``--from``/``--to`` range that holds no message, an archive
+root that does not exist, missing or bad keys).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from flarestream.consumers.audit import (
     interval_size,
 )
 from flarestream.consumers.progress import Progress
+from flarestream.consumers.provenance import ProvenanceAudit, render_provenance
 from flarestream.consumers.replay import (
     RangeSpec,
     RecordFilter,
@@ -69,16 +74,19 @@ from flarestream.consumers.replay_cli import (
 from flarestream.consumers.sink import Delivered
 from flarestream.errors import ConfigError, FlarestreamError
 from flarestream.schemas.codec import default_codec
+from flarestream.signing import PublicKeys, load_public_keys
 
 DESCRIPTION = """\
 For a topic range and/or an archive, per job, site and sender: records, first and last
 sequence number, gaps, duplicates, out-of-order records, undecodable messages; every
 archive file against its manifest (size, sha256, rows); with both, a reconciliation: each
-record of the topic range in the archive exactly once, by record id and by offset.
+record of the topic range in the archive exactly once, by record id and by offset. With
+--verify-keys, provenance per site: records signed by the site they claim, unsigned, with
+a bad signature, of an unknown site; each record that does not verify is named.
 
-exit codes: 0 everything reconciles; 1 anything missing, doubled, out of order, altered or
-undecodable; 2 usage (also an unknown topic, or a --from/--to range that holds no
-message)."""
+exit codes: 0 everything reconciles; 1 anything missing, doubled, out of order, altered,
+undecodable or not signed by its site (--verify-keys); 2 usage (also an unknown topic, a
+--from/--to range that holds no message, missing or bad keys)."""
 SHOWN = 20  # entries per section in the table (the JSON report has up to max_listed)
 
 
@@ -93,6 +101,7 @@ class AuditConfig:
     filter: RecordFilter = field(default_factory=RecordFilter)
     max_listed: int = 1000
     progress: bool | None = None
+    verify_keys: PublicKeys | str | None = None
 
 
 class Auditor:
@@ -115,6 +124,8 @@ class Auditor:
         self.outside_range = 0
         self.topic_read = 0
         self.notes: list[str] = []
+        keys = load_public_keys(cfg.verify_keys)  # bad keys fail here, before any reading
+        self.provenance = None if keys is None else ProvenanceAudit(keys, cfg.max_listed)
 
     # -- running ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -214,6 +225,8 @@ class Auditor:
             r = item.record
             where = Location(item.topic, item.partition, item.offset, f.path)
             self.archive_seq.observe(r.job_id, r.site, r.sender_id, r.seq, where)
+            if self.provenance is not None:
+                self.provenance.observe("archive", item, str(where))
             if self.ledger is not None:
                 self.ledger.add(item.partition, item.offset, item.raw)
         progress.finish()
@@ -244,9 +257,10 @@ class Auditor:
 
     def _topic_record(self, d: Delivered) -> None:
         r = d.record
-        self.topic_seq.observe(
-            r.job_id, r.site, r.sender_id, r.seq, Location(d.topic, d.partition, d.offset)
-        )
+        where = Location(d.topic, d.partition, d.offset)
+        self.topic_seq.observe(r.job_id, r.site, r.sender_id, r.seq, where)
+        if self.provenance is not None:
+            self.provenance.observe("topic", d, str(where))
         if self.ledger is not None:
             verdict = self.ledger.match(d.partition, d.offset, d.raw)
             if verdict != "ok":
@@ -307,6 +321,8 @@ class Auditor:
             problems[f"{src}.duplicates"] = sum(s.duplicates for s in audit.senders.values())
             problems[f"{src}.out_of_order"] = sum(s.out_of_order for s in audit.senders.values())
             problems[f"{src}.undecodable"] = self.undecodable_count[src]
+            if self.provenance is not None:
+                problems[f"{src}.provenance"] = self.provenance.failed(src)
         if cfg.archive is not None:
             problems["archive.file_problems"] = len(self.file_problems)
         reconciliation = self._reconcile(source, problems) if source and cfg.archive else None
@@ -349,6 +365,7 @@ class Auditor:
                 {"source": k, "where": w} for k, v in self.undecodable.items() for w in v
             ],
             "reconciliation": reconciliation,
+            "provenance": None if self.provenance is None else self.provenance.report(),
             "notes": self.notes,
         }
         return report
@@ -560,6 +577,8 @@ def render(report: dict[str, Any], out: TextIO) -> None:
         ],
     )
     _section(out, "Undecodable", [f"{u['source']}: {u['where']}" for u in report["undecodable"]])
+    if report.get("provenance"):
+        render_provenance(report["provenance"], out, SHOWN)
     if a:
         _section(
             out,
@@ -641,6 +660,13 @@ def add_parser(subparsers: Any) -> None:
         help="duplicates, out-of-order and undecodable messages listed per source (%(default)s)",
     )
     out.add_argument(
+        "--verify-keys",
+        metavar="KEYS",
+        default=None,
+        help="check every record's signature against the sites' public keys (a directory "
+        "of <site>.pub files or a JSON keys file) and report provenance per site",
+    )
+    out.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -662,6 +688,7 @@ def run(args: argparse.Namespace) -> int:
         record_filter(args),
         args.max_listed,
         args.progress,
+        args.verify_keys,
     )
     auditor = Auditor(cfg)  # checks the options before anything is read or written
     report_file = None

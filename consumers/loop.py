@@ -15,11 +15,16 @@ every record once.
   the sink without committing.
 - ``until_end``: capture the high watermarks at start, consume up to them, flush,
   commit, return. SIGINT/SIGTERM (via :meth:`stop`): flush, commit, close.
+- ``verify_keys``: every record must carry a signature that verifies under the
+  public key of the site it claims (:mod:`flarestream.signing`); any other record
+  goes to the dead-letter topic, never to the sink. The keys are loaded when the
+  loop is made (ConfigError for missing or bad keys, before anything is read).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,22 +39,34 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from flarestream.connection import check_connection
 from flarestream.consumers.deadletter import DeadLetters
 from flarestream.consumers.sink import Delivered, Rejection, Sink
 from flarestream.errors import ConfigError, DecodeError, FlarestreamError
 from flarestream.schemas.codec import Codec, default_codec
 from flarestream.settings import DEFAULT_TOPIC, default_bootstrap_servers, kafka_client_config
+from flarestream.signing import PublicKeys, Verdict, load_public_keys
 
 log = logging.getLogger("flarestream.consumers")
 
 Position = tuple[str, int]
+# consumer errors no retry can fix: stop with a clear message instead of polling forever
+_FATAL_CODES = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+    }
+)
 
 
 @dataclass
 class LoopConfig:
     """Settings of one consumer loop. ``group`` defaults to ``flarestream.<sink>``,
     ``dlq_topic`` to ``<topic>.dlq``; ``consumer_config`` passes librdkafka
-    settings through (security...)."""
+    settings through (security...); ``verify_keys`` (a keys directory or JSON file,
+    or :class:`~flarestream.signing.PublicKeys`) turns signature checks on."""
 
     bootstrap_servers: str = field(default_factory=default_bootstrap_servers)
     topic: str = DEFAULT_TOPIC
@@ -62,6 +79,7 @@ class LoopConfig:
     from_beginning: bool = False
     auto_offset_reset: str = "earliest"
     consumer_config: Mapping[str, Any] = field(default_factory=dict)
+    verify_keys: PublicKeys | str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if self.flush_interval_s <= 0:
@@ -72,6 +90,7 @@ class LoopConfig:
             raise ConfigError(
                 f"auto_offset_reset must be earliest or latest, got {self.auto_offset_reset!r}"
             )
+        self.verify_keys = load_public_keys(self.verify_keys)  # bad keys fail here, at start
 
 
 @dataclass
@@ -92,6 +111,7 @@ class ConsumerLoop:
         self.group = config.group or f"flarestream.{sink.name}"
         self.dlq_topic = config.dlq_topic or f"{config.topic}.dlq"
         self.codec = codec or default_codec()
+        self.keys = load_public_keys(config.verify_keys)
         self.stats = LoopStats()
         self._stopping = False
         self._failed = False
@@ -125,6 +145,7 @@ class ConsumerLoop:
             "enable.partition.eof": True,
             "logger": log,
         }
+        check_connection(cfg.bootstrap_servers, client, who=f"sink {self.sink.name!r}")
         try:
             self._consumer = Consumer(settings)
         except (KafkaException, TypeError, ValueError) as exc:
@@ -180,10 +201,18 @@ class ConsumerLoop:
 
     def _handle(self, messages: Sequence[Message]) -> None:
         batch: list[Delivered] = []
+        keys = self.keys
         for msg in messages:
             err = msg.error()
             topic, part, offset = msg.topic(), msg.partition(), msg.offset()
+            if err is not None and err.code() in _FATAL_CODES:
+                raise FlarestreamError(
+                    f"sink {self.sink.name!r} may not read {self.config.topic!r} as group "
+                    f"{self.group!r}: {err.str()}; check the ACLs of its user"
+                )
             if topic is None or part is None or offset is None:
+                if err is not None:
+                    log.warning("consumer: %s", err.str())
                 continue
             pos = (topic, part)
             if err is not None:
@@ -208,9 +237,15 @@ class ConsumerLoop:
             except DecodeError as exc:
                 self._dead_letter(msg, f"undecodable: {exc}")
                 continue
+            headers = msg.headers()
+            if keys is not None:
+                verdict = keys.check(record.site, value, headers)
+                if verdict is not Verdict.VERIFIED:
+                    why = keys.explain(verdict, record.site, value, headers)
+                    self._dead_letter(msg, why)
+                    continue
             ts = msg.timestamp()[1]
             key = msg.key()
-            headers = msg.headers()
             self._given[pos] = offset + 1
             batch.append(
                 Delivered(

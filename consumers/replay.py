@@ -19,6 +19,9 @@ Sources yield batches of :class:`~flarestream.consumers.sink.Delivered` (and
 - Undecodable messages never reach a sink: :func:`replay` counts them, sends them
   to a dead-letter topic when given one, or copies them byte for byte into a
   target that takes raw messages (a topic copy without record filters).
+- With ``keys`` (:class:`~flarestream.signing.PublicKeys`), :func:`replay` passes
+  on only records signed by the site they claim; the others are refused as the
+  live loop refuses them (counted, and sent to the dead-letter topic when given).
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from flarestream.consumers.archive_files import row_headers
 from flarestream.consumers.archive_reader import ArchivedFile, ArchiveReader
 from flarestream.consumers.deadletter import DeadLetters
 from flarestream.consumers.progress import Progress
-from flarestream.consumers.sink import Delivered, Sink
+from flarestream.consumers.sink import Delivered, Rejection, Sink
 from flarestream.errors import BrokerError, ConfigError, DecodeError, FlarestreamError
 from flarestream.schemas.codec import Codec, default_codec
 from flarestream.schemas.record import Record
 from flarestream.settings import kafka_client_config
+from flarestream.signing import PublicKeys, Verdict
 
 log = logging.getLogger("flarestream.consumers.replay")
 
@@ -526,23 +531,25 @@ def row_item(
         return None
     raw = bytes(row["message"])
     key = row["site"].encode("utf-8")
+    headers = row_headers(row)
     try:
         record = codec.decode(raw)
     except DecodeError as exc:
         return Undecodable(
-            row["topic"], row["partition"], offset, ts, raw, str(exc), key, (), f.path
+            row["topic"], row["partition"], offset, ts, raw, str(exc), key, headers, f.path
         )
     if not flt.matches(record):
         return None
-    return Delivered(row["topic"], row["partition"], offset, ts, raw, record, key)
+    return Delivered(row["topic"], row["partition"], offset, ts, raw, record, key, headers)
 
 
 class ArchiveSource:
     """Reads the archive sink's files as if they were the topic (see the module doc).
 
     The key of each message is its site (what the sender keys by; the archive does
-    not keep keys or headers). ``verify`` checks each selected file's size and
-    sha256 against its manifest before anything is replayed."""
+    not keep keys); its headers are the archived ones (none in files written before
+    the archive kept headers). ``verify`` checks each selected file's size and sha256
+    against its manifest before anything is replayed."""
 
     def __init__(
         self,
@@ -641,12 +648,14 @@ def replay(
     dead_letters: DeadLetters | None = None,
     copy_raw: bool = False,
     flush_records: int = 10_000,
+    keys: PublicKeys | None = None,
 ) -> ReplayStats:
     """Feed ``batches`` to ``sink``: ``open``, ``write`` per run of records, ``flush``
     every ``flush_records`` and at the end, ``close`` always (also after an error,
     as the live loop does). Rejected records and undecodable messages go to
     ``dead_letters`` when given; undecodable ones are copied with ``write_raw``
-    instead when ``copy_raw`` and the sink is a :class:`RawTarget`."""
+    instead when ``copy_raw`` and the sink is a :class:`RawTarget`. With ``keys``,
+    records whose signature does not verify for their site are refused likewise."""
     stats = ReplayStats()
     pending = 0
     sink.open()
@@ -655,7 +664,12 @@ def replay(
             run: list[Delivered] = []
             for item in batch.items:
                 if isinstance(item, Delivered):
-                    run.append(item)
+                    site, raw, headers = item.record.site, item.raw, item.headers
+                    if keys is None or (v := keys.check(site, raw, headers)) is Verdict.VERIFIED:
+                        run.append(item)
+                    else:  # refused like the live loop: it never reaches the sink
+                        why = keys.explain(v, site, raw, headers)
+                        _refuse(sink, Rejection(item, why), stats, dead_letters)
                     continue
                 pending += _write(sink, run, stats, dead_letters)
                 run = []
@@ -679,17 +693,19 @@ def _write(sink: Sink, run: list[Delivered], stats: ReplayStats, dead: DeadLette
     rejections = sink.write(run)
     stats.written += len(run) - len(rejections)
     for r in rejections:
-        d = r.delivered
-        stats.rejected += 1
-        if stats.first_rejection is None:
-            stats.first_rejection = f"{d.topic}[{d.partition}]@{d.offset}: {r.reason}"
-        if dead is not None:
-            dead.send(d.topic, d.partition, d.offset, d.raw, d.key, d.headers, r.reason)
-        else:
-            log.warning(
-                "%s refused %s[%d]@%d: %s", sink.name, d.topic, d.partition, d.offset, r.reason
-            )
+        _refuse(sink, r, stats, dead)
     return len(run)
+
+
+def _refuse(sink: Sink, r: Rejection, stats: ReplayStats, dead: DeadLetters | None) -> None:
+    d = r.delivered
+    stats.rejected += 1
+    if stats.first_rejection is None:
+        stats.first_rejection = f"{d.topic}[{d.partition}]@{d.offset}: {r.reason}"
+    if dead is not None:
+        dead.send(d.topic, d.partition, d.offset, d.raw, d.key, d.headers, r.reason)
+    else:
+        log.warning("%s refused %s[%d]@%d: %s", sink.name, d.topic, d.partition, d.offset, r.reason)
 
 
 def _undecodable(

@@ -45,6 +45,7 @@ from flarestream.consumers.replay import (
 )
 from flarestream.consumers.sink import Delivered, Rejection, Sink
 from flarestream.errors import ConfigError, DeliveryError, FlarestreamError
+from flarestream.signing import load_public_keys
 
 DESCRIPTION = """\
 Re-drive a topic range, or an archive, into an installed sink, JSON Lines or another
@@ -363,6 +364,13 @@ def add_parser(subparsers: Any) -> None:
     )
     opts.add_argument("--flush-records", type=int, default=10_000, help="(%(default)s)")
     opts.add_argument(
+        "--verify-keys",
+        metavar="KEYS",
+        default=None,
+        help="replay only records signed by the site they claim (a directory of <site>.pub "
+        "files or a JSON keys file); the others are refused (--dlq-topic)",
+    )
+    opts.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -395,6 +403,7 @@ def build_target(args: argparse.Namespace) -> Sink:
 
 
 def run(args: argparse.Namespace) -> int:
+    keys = load_public_keys(args.verify_keys)  # bad keys stop the replay before it starts
     sink = build_target(args)
     spec, flt = range_spec(args), record_filter(args)
     source: TopicSource | ArchiveSource
@@ -435,6 +444,7 @@ def run(args: argparse.Namespace) -> int:
                 dead_letters=dead,
                 copy_raw=isinstance(sink, TopicTarget) and not flt.active,
                 flush_records=max(1, args.flush_records),
+                keys=keys,
             )
     finally:
         progress.finish()

@@ -17,6 +17,7 @@ from flarestream import settings
 from flarestream.consumers.loop import ConsumerLoop, LoopConfig, LoopStats
 from flarestream.consumers.registry import available_sinks, load_sink
 from flarestream.consumers.sink import Sink
+from flarestream.signing import load_public_keys
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,13 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flush-records", type=int, default=10_000, help="records between flushes (%(default)s)"
     )
+    parser.add_argument(
+        "--verify-keys",
+        metavar="KEYS",
+        default=None,
+        help="require signed records: a directory of <site>.pub files or a JSON keys file; "
+        "a record not signed by the site it claims goes to the dead-letter topic",
+    )
 
 
 def loop_config(args: argparse.Namespace) -> LoopConfig:
@@ -59,6 +67,7 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
         flush_records=args.flush_records,
         until_end=args.until_end,
         from_beginning=args.from_beginning,
+        verify_keys=getattr(args, "verify_keys", None),
     )
 
 
@@ -99,11 +108,14 @@ def run_sink(sink: Sink, config: LoopConfig, handle_signals: bool = True) -> Loo
 
 
 def run(args: argparse.Namespace) -> int:
+    config = loop_config(args)  # first: bad keys stop the command before the sink is made
     sink = args.sink_class.from_args(args)
-    config = loop_config(args)
+    keys = load_public_keys(config.verify_keys)  # loaded already: this only narrows the type
+    verifying = "" if keys is None else f"verifying signatures of {len(keys)} sites; "
     print(
         f"flarestream sink {sink.name}: group {config.group or 'flarestream.' + sink.name} "
-        f"reading {config.topic!r} at {config.bootstrap_servers}; {json.dumps(sink.describe())}",
+        f"reading {config.topic!r} at {config.bootstrap_servers}; {verifying}"
+        f"{json.dumps(sink.describe())}",
         file=sys.stderr,
         flush=True,
     )

@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("replay", "flarestream.consumers.replay_cli"),
     ("audit", "flarestream.consumers.audit_cli"),
     ("demo", "flarestream.demo"),
+    ("keys", "flarestream.keys_cli"),
 )
 
 

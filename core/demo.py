@@ -9,6 +9,11 @@ sinks, counts what each sink holds for the job, plots every site's curves from t
 archive and says where to look. Exit code 0 only when every record of the job is in
 every sink exactly once, every lag is 0 and every sink stopped cleanly. Each run is
 a new job; the sinks continue from their groups' committed offsets.
+
+Signing is on unless ``--no-signing``: each site signs its records with its own
+Ed25519 key (made once in ``<workdir>/keys``) and every sink runs with
+``--verify-keys``, so a record not signed by the site it claims would go to the
+dead-letter topic and the summary would show it missing.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ def add_parser(subparsers: Any) -> None:
     )
     add("--job-id", default=None, help="job id (default: demo-<date>-<time>-<random>)")
     add("--timeout", type=float, default=120, help="seconds to wait for the sinks (%(default)s)")
+    add(
+        "--no-signing",
+        dest="signing",
+        action="store_false",
+        help="sites do not sign their records and sinks do not verify (signing is on by default)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     for sink_dir in ("archive", "tensorboard"):
         if (work / sink_dir / job_id).exists():  # its records would be counted twice
             raise ConfigError(f"job {job_id!r} is already in {work / sink_dir}; use a new --job-id")
+    keys = _keys(work, args.sites) if args.signing else None  # before the broker: fails fast
     bootstrap = _bootstrap(args)
     if args.topic in list_topics(bootstrap):  # a topic that exists is used as it is
         info = describe_topic(bootstrap, args.topic)
@@ -105,13 +117,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         create_topic(bootstrap, args.topic, args.partitions, 1)
         _say(f"topic {args.topic!r} created on {bootstrap} ({args.partitions} partitions)")
-    sinks = sink_processes(work, bootstrap, args.topic, args.group_prefix)
+    sinks = sink_processes(work, bootstrap, args.topic, args.group_prefix, keys)
     offsets = Offsets(bootstrap, args.topic)
     try:
         for sink in sinks:
             sink.start()
         _say(f"sinks started ({', '.join(s.group for s in sinks)}); logs in {work / 'logs'}")
-        sent, errors = _simulate(args, job_id, bootstrap, sinks, Progress)
+        sent, errors = _simulate(args, job_id, bootstrap, sinks, Progress, keys)
         if errors:
             for error in errors:
                 _say(f"error: {error}")
@@ -128,11 +140,31 @@ def run(args: argparse.Namespace) -> int:
         if codes[sink.name] != 0:
             _say(str(sink.failure("did not stop cleanly")))
             return 1
-    return _report(args, work, job_id, bootstrap, sent, lags, codes, began)
+    return _report(args, work, job_id, bootstrap, sent, lags, codes, began, keys)
+
+
+def _keys(work: Path, sites: int) -> Path:
+    """``<work>/keys`` with a key pair for each simulated site (made when missing)."""
+    from flarestream.signing import PRIVATE_SUFFIX, write_key_pair
+
+    keys = work / "keys"
+    try:
+        for i in range(sites):
+            site = f"site-{i + 1}"
+            if not (keys / f"{site}{PRIVATE_SUFFIX}").exists():
+                write_key_pair(keys, site, force=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or run the demo with --no-signing)") from None
+    return keys
 
 
 def _simulate(
-    args: argparse.Namespace, job_id: str, bootstrap: str, sinks: list[Any], progress: Any
+    args: argparse.Namespace,
+    job_id: str,
+    bootstrap: str,
+    sinks: list[Any],
+    progress: Any,
+    keys: Path | None,
 ) -> tuple[dict[str, int], list[str]]:
     """Run every site in its own thread; (records delivered per site, errors)."""
     from flarestream.demo_sinks import check_alive
@@ -149,6 +181,7 @@ def _simulate(
             sent[p.name] = simulate_site(
                 p, job_id=job_id, rounds=args.rounds, steps=args.steps,
                 bootstrap=bootstrap, topic=args.topic, counter=counter,
+                signing_key=keys if keys is not None else False,
             )  # fmt: skip
         except Exception as exc:  # reported, never swallowed
             errors.append(f"{p.name}: {type(exc).__name__}: {exc}")
@@ -196,6 +229,7 @@ def _report(
     lags: dict[str, int],
     codes: dict[str, int],
     began: float,
+    keys: Path | None,
 ) -> int:
     from flarestream.demo_report import (
         COUNTED,
@@ -224,6 +258,13 @@ def _report(
     )
     print("\n".join(table) + "\n")
     print(COUNTED + "\n")
+    if keys is not None:
+        print(
+            f"signing: on: each site signed its records with its own Ed25519 key ({keys});\n"
+            "         every sink verified every record (--verify-keys)\n"
+        )
+    else:
+        print("signing: off (--no-signing): records are not signed or verified\n")
     print(f"{'consumer group':<36}{'lag':>5}  sink exit code")
     for name, group in zip(codes, lags, strict=True):
         print(f"{group:<36}{lags[group]:>5}  {codes[name]}")

@@ -88,8 +88,11 @@ class SinkProcess:
             return self.proc.wait()
 
 
-def sink_processes(work: Path, bootstrap: str, topic: str, group_prefix: str) -> list[SinkProcess]:
-    """The three sinks, writing under ``work``, flushing every second."""
+def sink_processes(
+    work: Path, bootstrap: str, topic: str, group_prefix: str, verify_keys: Path | None = None
+) -> list[SinkProcess]:
+    """The three sinks, writing under ``work``, flushing every second; each verifies
+    signatures against ``verify_keys`` when given."""
     own = {
         "tensorboard": ["--logdir", str(work / "tensorboard")],
         "mlflow": ["--tracking-uri", mlflow_uri(work)],
@@ -102,6 +105,8 @@ def sink_processes(work: Path, bootstrap: str, topic: str, group_prefix: str) ->
         group = f"{group_prefix}.{name}"
         argv = [sys.executable, "-m", "flarestream", "sink", name, "--bootstrap-servers"]
         argv += [bootstrap, "--topic", topic, "--group", group, "--flush-interval", "1"]
+        if verify_keys is not None:
+            argv += ["--verify-keys", str(verify_keys)]
         made.append(SinkProcess(name, group, argv + own[name], work / "logs" / f"{name}.log"))
     return made
 

@@ -123,12 +123,16 @@ def simulate_site(
     bootstrap: str,
     topic: str,
     counter: list[int],
+    signing_key: object = None,
 ) -> int:
     """One site's training job. ``counter[profile.index]`` follows the records
     accepted so far (for a progress bar). Returns the records delivered: the
-    sender's flush raises DeliveryError unless every accepted record was confirmed."""
+    sender's flush raises DeliveryError unless every accepted record was confirmed.
+    ``signing_key``: as for :class:`AnalyticsSender` (a directory holding
+    ``<site>.key`` signs each site with its own key)."""
     p, rng = profile, random.Random(profile.index)
-    with AnalyticsSender(site=p.name, job_id=job_id, bootstrap_servers=bootstrap, topic=topic) as s:
+    with AnalyticsSender(site=p.name, job_id=job_id, bootstrap_servers=bootstrap, topic=topic,
+                         signing_key=signing_key) as s:  # fmt: skip
         tb, ml = SummaryWriter(s), MLflowWriter(s)
         params = {
             "learning_rate": p.learning_rate,

@@ -13,6 +13,7 @@ from typing import Any
 
 from flarestream import settings
 from flarestream.deploy.broker import LocalBroker, read_state
+from flarestream.errors import ConfigError
 
 
 def _default_data_dir() -> Path:
@@ -62,6 +63,33 @@ def add_parser(subparsers: Any) -> None:
         default=120.0,
         help="seconds to wait for the broker to serve (default: 120)",
     )
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS (test CA), SCRAM-SHA-512 logins, mutual TLS and ACLs: see "
+        "docs/security.md (a data dir set up this way always starts this way)",
+    )
+    start.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --secure: a user that may only write to --topic (repeatable); its "
+        "settings go to DATA_DIR/clients/NAME.env (mode 0600, password never printed)",
+    )
+    start.add_argument(
+        "--sink",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --secure: user sink-NAME that may read --topic and write its "
+        "dead-letter topic (repeatable); settings in DATA_DIR/clients/sink-NAME.env",
+    )
+    start.add_argument(
+        "--topic",
+        default=settings.DEFAULT_TOPIC,
+        help="with --secure: the topic the ACLs name (%(default)s; dead letters: TOPIC.dlq)",
+    )
     data_dir_option(start)
     start.set_defaults(func=_start)
 
@@ -95,6 +123,20 @@ def _start(args: argparse.Namespace) -> int:
     port = args.port
     if port is None:
         port = read_state(data_dir).get("port") or settings.LOCAL_BROKER_PORT
+    if args.secure or read_state(data_dir).get("secure"):
+        from flarestream.deploy.security import SecureBroker, check_users, provision
+
+        check_users(args.site, args.sink)  # before starting anything
+        secure = SecureBroker(data_dir, port=port or None)
+        address = secure.start(timeout=args.timeout, log=_progress)
+        _progress(f"running (pid {secure.pid}, data in {secure.data_dir}, log {secure.log_path})")
+        _progress(f"SASL_SSL (SCRAM-SHA-512) at {address}, mutual TLS at {secure.mtls_bootstrap}")
+        for user, path in provision(secure, args.topic, args.site, args.sink).items():
+            _progress(f"settings of {user}: {path} (load with: set -a; . {path}; set +a)")
+        print(address, flush=True)
+        return 0
+    if args.site or args.sink:
+        raise ConfigError("--site and --sink make users of a secure broker: add --secure")
     broker = LocalBroker(data_dir, port=port or None)  # 0: any free port
     address = broker.start(timeout=args.timeout, log=_progress)
     _progress(f"running (pid {broker.pid}, data in {broker.data_dir}, log {broker.log_path})")

@@ -22,6 +22,7 @@ from confluent_kafka.admin import (
 )
 
 from flarestream import settings
+from flarestream.connection import check_connection
 from flarestream.errors import BrokerError, ConfigError, TopicError
 
 _LEGAL_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -169,6 +170,8 @@ def _admin(bootstrap_servers: str, client_config: Mapping[str, Any] | None) -> A
     conf: dict[str, Any] = {"log_level": 0}  # failures are reported as exceptions instead
     conf.update(settings.kafka_client_config(client_config))
     conf["bootstrap.servers"] = bootstrap_servers
+    # a refused login or certificate is named as such, not as "no broker there"
+    check_connection(bootstrap_servers, conf, who="the topic tool")
     try:
         return AdminClient(conf)
     except KafkaException as exc:

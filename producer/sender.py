@@ -20,6 +20,13 @@ Plain scalar records (str tag, SCALAR/METRIC, float or int64 value, no kwargs) t
 a C path (``flarestream.producer._fastsend``) when it was built: the same bytes,
 sequence numbers and errors, about 4x faster. ``FLARESTREAM_PURE_PYTHON=1`` (read at
 import) turns it off; without a C compiler at install time it is simply absent.
+
+With a signing key (``signing_key=`` or ``FLARESTREAM_SIGNING_KEY``: a key file, or a
+directory holding ``<site>.key``; ``signing_key=False`` never signs) every record
+carries an Ed25519 signature of its bytes in the ``flarestream.sig`` header (see
+:mod:`flarestream.signing`); the record bytes are unchanged. Signed records take the
+Python path (the C path sends no headers); a bad key raises ConfigError when the
+sender is made.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from flarestream.connection import check_connection
 from flarestream.errors import (
     ConfigError,
     DeliveryError,
@@ -56,6 +64,7 @@ from flarestream.schemas.record import (
     validate_call,
 )
 from flarestream.settings import DEFAULT_TOPIC, default_bootstrap_servers, kafka_client_config
+from flarestream.signing import SIGNATURE_HEADER, resolve_signing_key
 
 log = logging.getLogger("flarestream.producer")
 
@@ -130,7 +139,8 @@ class AnalyticsSender:
     """Sends one site's analytics records to a Kafka topic.
 
     ``config`` passes librdkafka settings through (security, tuning...);
-    ``enable.idempotence`` and ``acks`` are fixed. Use as a context manager, or
+    ``enable.idempotence`` and ``acks`` are fixed. ``signing_key`` signs every
+    record (see the module doc). Use as a context manager, or
     call :meth:`close`. Thread-safe: calls from several threads are serialised,
     so sequence numbers follow the order in which records were accepted.
     """
@@ -147,6 +157,7 @@ class AnalyticsSender:
         max_block_s: float = 5.0,
         config: Mapping[str, Any] | None = None,
         codec: Codec | None = None,
+        signing_key: object = None,
     ) -> None:
         self.site = check_name("site", site)
         self.job_id = check_name("job_id", job_id)
@@ -160,6 +171,7 @@ class AnalyticsSender:
         self.max_block_s = max_block_s
         self.sender_id = uuid.uuid4().hex[:16]
         self.bootstrap_servers = bootstrap_servers or default_bootstrap_servers()
+        self.signing_key = resolve_signing_key(signing_key, self.site)  # before connecting
         self._codec = codec or default_codec()
         self._encoders: dict[LogWriterName, SenderEncoder] = {}
         self._key = self.site.encode("utf-8")
@@ -170,8 +182,12 @@ class AnalyticsSender:
         self._first_error: KafkaError | None = None
         self._fatal: KafkaError | None = None
         self._closed = False
+        client_config = kafka_client_config(config)
+        # secured settings fail here, before any record is accepted (wrong password,
+        # refused certificate, missing key file); plaintext needs no broker yet
+        check_connection(self.bootstrap_servers, client_config, who=f"site {self.site!r}")
         try:
-            self._producer = Producer(self._settings(kafka_client_config(config)))
+            self._producer = Producer(self._settings(client_config))
         except (KafkaException, TypeError, ValueError) as exc:
             reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
             raise ConfigError(f"invalid producer setting: {reason}") from None
@@ -179,7 +195,7 @@ class AnalyticsSender:
         # the C path does what _send() does, on the same sequence counter.
         self._fastpath: Any = None
         self._fast: Callable[[Any, Any, Any, Any, LogWriterName], bool] | None = None
-        if _fastsend is not None:
+        if _fastsend is not None and self.signing_key is None:
             self._fastpath = self._counter = _fastsend.FastPath(
                 self, self._lock, self._producer, self.topic, self._key,
                 AnalyticsDataType.SCALAR, AnalyticsDataType.METRIC,
@@ -295,10 +311,16 @@ class AnalyticsSender:
             seq = counter.seq
             now = time.time_ns() // 1_000_000
             payload = encoder.encode(seq, now, tag, dt, value, step, path, rest)
+            signer = self.signing_key
+            headers: list[tuple[str, str | bytes | None]] | None = None
             try:
-                self._producer.produce(self.topic, payload, self._key)
+                if signer is None:
+                    self._producer.produce(self.topic, payload, self._key)
+                else:
+                    headers = [(SIGNATURE_HEADER, signer.sign(payload))]
+                    self._producer.produce(self.topic, payload, self._key, headers=headers)
             except BufferError:
-                self._produce_blocking(tag, payload)
+                self._produce_blocking(tag, payload, headers)
             counter.seq = seq + 1
             if not seq % _POLL_EVERY:
                 self._producer.poll(0)
@@ -315,13 +337,16 @@ class AnalyticsSender:
             self._fastpath.register(writer, *layout)
         return enc
 
-    def _produce_blocking(self, tag: str, payload: bytes) -> None:
+    def _produce_blocking(self, tag: str, payload: bytes, headers: Any = None) -> None:
         """Serve delivery reports until the queue takes the record, or time out."""
         deadline = time.monotonic() + self.max_block_s
         while True:
             self._producer.poll(min(0.05, max(0.0, deadline - time.monotonic())))
             try:
-                self._producer.produce(self.topic, payload, self._key)
+                if headers is None:
+                    self._producer.produce(self.topic, payload, self._key)
+                else:
+                    self._producer.produce(self.topic, payload, self._key, headers=headers)
                 return
             except BufferError:
                 if time.monotonic() >= deadline:
