@@ -321,6 +321,12 @@ class AnalyticsSender:
                     self._producer.produce(self.topic, payload, self._key, headers=headers)
             except BufferError:
                 self._produce_blocking(tag, payload, headers)
+            except KafkaException as exc:  # e.g. larger than message.max.bytes
+                raise InvalidRecordValueError(
+                    f"'{tag}': the Kafka client refuses this record of {len(payload)} bytes: "
+                    f"{exc.args[0].str()}; nothing was sent (raise message.max.bytes on "
+                    "the producer and the topic, or send less)"
+                ) from None
             counter.seq = seq + 1
             if not seq % _POLL_EVERY:
                 self._producer.poll(0)

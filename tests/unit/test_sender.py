@@ -592,3 +592,20 @@ def test_context_manager_exit_reports_undelivered_records() -> None:
             s.add_scalar("loss", 0.5, 0)
             s.add_scalar("loss", 0.4, 1)
     assert caught.value.undelivered == 2
+
+
+def test_a_record_larger_than_the_client_allows_is_refused_at_the_call_naming_the_tag() -> None:
+    from flarestream.errors import FlarestreamError
+    from flarestream.producer import AnalyticsDataType, AnalyticsSender
+
+    sender = AnalyticsSender(
+        site="site-1",
+        job_id="job",
+        bootstrap_servers="127.0.0.1:9",
+        config={"message.max.bytes": 10_000, "message.timeout.ms": 1000},
+    )
+    sender.add("small", "x" * 100, AnalyticsDataType.TEXT)
+    with pytest.raises(ValueError, match=r"'huge'.*refuses this record") as caught:
+        sender.add("huge", "x" * 50_000, AnalyticsDataType.TEXT)
+    assert isinstance(caught.value, FlarestreamError)
+    assert sender.stats["accepted"] == 1  # the refused record took no sequence number
