@@ -40,6 +40,7 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from flarestream.connection import check_connection
 from flarestream.consumers.archive_files import row_headers
 from flarestream.consumers.archive_reader import ArchivedFile, ArchiveReader
 from flarestream.consumers.deadletter import DeadLetters
@@ -224,8 +225,10 @@ def open_consumer(
     bootstrap_servers: str, client_config: Mapping[str, Any] | None = None
 ) -> Consumer:
     """A consumer in a new throwaway group that never commits."""
+    client = kafka_client_config(client_config)
+    check_connection(bootstrap_servers, client, who="replay/audit")
     settings = {
-        **kafka_client_config(client_config),
+        **client,
         "bootstrap.servers": bootstrap_servers,
         "group.id": f"{REPLAY_GROUP_PREFIX}{uuid.uuid4().hex}",
         "enable.auto.commit": False,

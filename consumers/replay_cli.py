@@ -28,6 +28,7 @@ from typing import IO, Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from flarestream import settings
+from flarestream.connection import check_connection
 from flarestream.consumers.archive_reader import parse_storage_options, redacted
 from flarestream.consumers.deadletter import DeadLetters
 from flarestream.consumers.progress import Progress
@@ -174,6 +175,7 @@ class TopicTarget(Sink):
     def open(self) -> None:
         if self._producer is not None:
             return
+        check_connection(self.bootstrap_servers, self._config, who="replay --to-topic")
         self._producer = Producer(
             {
                 **self._config,

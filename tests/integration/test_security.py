@@ -10,6 +10,7 @@ reported as a clear error when a client is made; no password ever shows.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import secrets
@@ -470,3 +471,62 @@ def test_help_never_shows_secrets_from_the_environment(
             cli.main([*command, "--help"])
         out, err = capsys.readouterr()
         assert out and secret not in out + err
+
+
+def test_a_record_forged_by_site_a_as_site_b_is_dead_lettered_and_named_by_the_audit(
+    secured: Secured, tmp_path: Path, run_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flarestream.signing import write_key_pair
+
+    keys = tmp_path / "keys"
+    for site in SITES:
+        write_key_pair(keys, site)
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    # honest: each site logged in as itself, signing with its own key
+    for site in SITES:
+        with secured.sender(site, secured.login(site), job_id=job,
+                            signing_key=keys / f"{site}.key") as sender:  # fmt: skip
+            send(sender, 5)
+    # forged: site A, logged in as site-a (its ACL lets it write the topic), claims site-b
+    with secured.sender("site-b", secured.login("site-a"), job_id=job,
+                        signing_key=keys / "site-a.key") as forger:  # fmt: skip
+        forger.add_scalar("loss", 666.0, global_step=99)
+
+    sink = RejectOddSteps(job)
+    loop = LoopConfig(
+        bootstrap_servers=secured.broker.bootstrap, topic=TOPIC, dlq_topic=DLQ,
+        group=f"flarestream.sec-{uuid.uuid4().hex[:8]}", until_end=True, flush_interval_s=0.5,
+        consumer_config=secured.login("sink-test"), verify_keys=keys,
+    )  # fmt: skip
+    run_sink(sink, loop, handle_signals=False)
+    assert 666.0 not in [r.value for r in sink.kept]  # never reached the sink
+    admin = secured.admin
+    letters = read_topic(admin["bootstrap.servers"], _no_bootstrap(admin), DLQ)
+    codec = Codec()
+    forged = [m for m in letters if codec.decode(m.value() or b"").value == 666.0
+              and codec.decode(m.value() or b"").job_id == job]  # fmt: skip
+    assert len(forged) == 1
+    error = dead_letter_info(forged[0].headers())["error"]
+    assert error.startswith("signature does not verify for site 'site-b'")
+    assert "key of site 'site-a'" in error
+
+    # the audit, run with the sink's credentials from the environment, names it
+    for name, value in secured.login("sink-test").items():
+        monkeypatch.setenv("FLARESTREAM_KAFKA_" + name.upper().replace(".", "_"), value)
+    report_path = tmp_path / "audit.json"
+    result = run_cli(
+        "audit", "--bootstrap-servers", secured.broker.bootstrap, "--topic", TOPIC,
+        "--job", job, "--verify-keys", str(keys), "--json", str(report_path),
+    )  # fmt: skip
+    assert result.rc == 1, result.err
+    assert secured.passwords["sink-test"] not in result.out + result.err
+    report = json.loads(report_path.read_text())
+    (named,) = [f for f in report["provenance"]["failures"] if f["verdict"] == "bad_signature"]
+    assert (named["site"], named["signed_by"]) == ("site-b", "site-a")
+    assert named["where"] == forged_at(forged[0])
+
+
+def forged_at(letter: Message) -> str:
+    """Where the dead letter came from, as the audit names places: topic[partition]@offset."""
+    info = dead_letter_info(letter.headers())
+    return f"{info['topic']}[{info['partition']}]@{info['offset']}"
