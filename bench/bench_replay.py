@@ -33,8 +33,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from flarestream.consumers import LoopConfig, run_sink
 from flarestream.consumers.archive import ArchiveSink
-from flarestream.consumers.replay import ArchiveSource, TopicSource, replay
-from flarestream.consumers.replay_cli import JsonLinesTarget
+from flarestream.consumers.archive_source import ArchiveSource
+from flarestream.consumers.replay import replay
+from flarestream.consumers.replay_targets import JsonLinesTarget
+from flarestream.consumers.topic_source import TopicSource
 from flarestream.deploy import LocalBroker, create_topic
 from flarestream.schemas import AnalyticsDataType, Codec, Record
 

@@ -4,7 +4,10 @@ Files are Avro object containers (default; codec ``deflate``, or ``--compression
 or Parquet (``--format parquet``), laid out as ``<root>/<job_id>/<site>/<YYYY-MM-DD>/
 <topic>+<partition>+<first offset>.<format>`` with a ``.manifest.json`` beside each
 (see :mod:`flarestream.consumers.archive_files`; the date is the UTC date of the
-sender's timestamp). The root is a directory or any fsspec URL (``s3://bucket/p``).
+sender's timestamp). Files are started and completed by
+:mod:`flarestream.consumers.archive_open_file`; what a directory already holds is
+read by :mod:`flarestream.consumers.archive_index`. The root is a directory or any
+fsspec URL (``s3://bucket/p``).
 
 Guarantees:
 
@@ -27,77 +30,28 @@ Guarantees:
 from __future__ import annotations
 
 import argparse
-import bisect
-import datetime as dt
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from flarestream.consumers.archive_files import (
     FORMATS,
-    MANIFEST_SUFFIX,
-    ArchiveError,
-    FileWriter,
-    Manifest,
-    archive_fingerprint,
     check_codec,
-    data_name,
-    file_digest,
-    open_writer,
-    parse_data_name,
     resolve_compression,
     row_size,
     to_row,
     unsafe_name_reason,
     utc_date,
 )
+from flarestream.consumers.archive_index import FileKey, KnownFiles, scan_partition
+from flarestream.consumers.archive_open_file import OpenFile, complete_file, start_file
 from flarestream.consumers.archive_reader import Store, parse_storage_options, redacted
 from flarestream.consumers.sink import Delivered, Rejection, Sink, TopicPartition
 from flarestream.errors import ConfigError
 
-FileKey = tuple[str, str, int]  # (directory below the root, topic, partition)
 _CACHE_LIMIT = 4096
-
-
-@dataclass
-class _OpenFile:
-    key: FileKey
-    rel: str  # final path below the root
-    staging: str  # local path being written
-    writer: FileWriter
-    first_offset: int
-    opened_at: float  # time.monotonic()
-    last_offset: int = -1
-    count: int = 0
-    min_ts: int = 2**63 - 1
-    max_ts: int = -(2**63)
-
-
-@dataclass
-class _Known:
-    """Complete files of one directory and partition: (first, last) offsets, sorted."""
-
-    firsts: list[int] = field(default_factory=list)
-    lasts: list[int] = field(default_factory=list)
-    orphans: dict[int, str] = field(default_factory=dict)  # data files without manifest
-
-    def add(self, first: int, last: int) -> None:
-        i = bisect.bisect_left(self.firsts, first)
-        self.firsts.insert(i, first)
-        self.lasts.insert(i, last)
-
-    def covers(self, offset: int) -> bool:
-        i = bisect.bisect_right(self.firsts, offset) - 1
-        return i >= 0 and offset <= self.lasts[i]
-
-    def prune(self, below: int) -> None:
-        """Forget files wholly below a committed offset (never delivered again)."""
-        keep = [i for i, last in enumerate(self.lasts) if last >= below]
-        self.firsts = [self.firsts[i] for i in keep]
-        self.lasts = [self.lasts[i] for i in keep]
 
 
 class ArchiveSink(Sink):
@@ -128,8 +82,8 @@ class ArchiveSink(Sink):
         self.max_age_s, self.max_open_files = max_age_s, max_open_files
         self.storage_options = dict(storage_options or {})
         self._store: Store | None = None
-        self._open: OrderedDict[FileKey, _OpenFile] = OrderedDict()  # least recent first
-        self._known: dict[FileKey, _Known] = {}
+        self._open: OrderedDict[FileKey, OpenFile] = OrderedDict()  # least recent first
+        self._known: dict[FileKey, KnownFiles] = {}
         self._next: dict[TopicPartition, int] = {}  # offset after the highest record seen
         self._last: dict[TopicPartition, int] = {}  # offset of the latest record seen
         self._names: dict[tuple[str, str], str | None] = {}
@@ -267,67 +221,19 @@ class ArchiveSink(Sink):
         return text
 
     # -- files -----------------------------------------------------------------
-    def _load(self, key: FileKey, offset: int) -> _Known:
-        """What a directory already holds for the partition, from the manifests of the
-        files that may hold ``offset`` or later. Stale temporary files are deleted."""
+    def _load(self, key: FileKey, offset: int) -> KnownFiles:
+        """What a directory already holds for the partition (see
+        :func:`~flarestream.consumers.archive_index.scan_partition`)."""
         assert self._store is not None
-        rel_dir, topic, partition = key
-        names = self._store.list_dir(rel_dir)
-        complete = {n[: -len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)}
         mine = {f.rel.rsplit("/", 1)[-1] for f in self._open.values() if f.key == key}
-        files: dict[int, str] = {}
-        for n in names:
-            stale = n.startswith(".") and n.endswith(".tmp")
-            inner = n[1:-4].removesuffix(MANIFEST_SUFFIX) if stale else n
-            parsed = parse_data_name(inner)
-            if parsed is None or (parsed.topic, parsed.partition) != (topic, partition):
-                continue
-            if stale and inner not in mine:
-                self._store.remove(f"{rel_dir}/{n}")  # left by a crash; rewritten anyway
-            elif not stale:
-                files[parsed.first_offset] = n
-        firsts = sorted(files)
-        start = 0  # the last complete file starting at or before offset, and all after
-        for i, first in enumerate(firsts):
-            if first <= offset and files[first] in complete:
-                start = i
-        known = _Known()
-        for first in firsts[start:]:
-            name = files[first]
-            if name in complete:
-                where = f"{self._store.full(rel_dir)}/{name}{MANIFEST_SUFFIX}"
-                raw = self._store.read_bytes(f"{rel_dir}/{name}{MANIFEST_SUFFIX}")
-                m = Manifest.from_json(raw, where)
-                known.add(m.first_offset, m.last_offset)
-            else:
-                known.orphans[first] = name
-        self._known[key] = known
+        known = self._known[key] = scan_partition(self._store, key, offset, mine)
         return known
 
-    def _start(self, key: FileKey, offset: int) -> _OpenFile:
+    def _start(self, key: FileKey, offset: int) -> OpenFile:
         assert self._store is not None
         if len(self._open) >= self.max_open_files:
             self._finish(next(iter(self._open)))
-        rel_dir, topic, partition = key
-        rel = f"{rel_dir}/{data_name(topic, partition, offset, self.format)}"
-        job, site, day = rel_dir.split("/")
-        meta = {
-            "topic": topic,
-            "partition": str(partition),
-            "job_id": job,
-            "site": site,
-            "date": day,
-        }
-        meta = {f"flarestream.{k}": v for k, v in meta.items()}
-        staging = self._store.staging_path(rel)
-        f = _OpenFile(
-            key,
-            rel,
-            staging,
-            open_writer(self.format, self._codec, staging, meta),
-            offset,
-            time.monotonic(),
-        )
+        f = start_file(self._store, key, offset, self.format, self._codec)
         self._open[key] = f
         return f
 
@@ -335,45 +241,14 @@ class ArchiveSink(Sink):
         """Complete a file: data in place first, then its manifest."""
         assert self._store is not None
         f = self._open.pop(key)
-        rel_dir, topic, partition = key
-        try:
-            f.writer.finish()
-            size, sha = file_digest(f.staging)
-            self._store.publish(f.staging, f.rel)
-            job, site, day = rel_dir.split("/")
-            name = f.rel.rsplit("/", 1)[-1]
-            manifest = Manifest(
-                name,
-                self.format,
-                self.compression,
-                topic,
-                partition,
-                f.first_offset,
-                f.last_offset,
-                f.count,
-                job,
-                site,
-                day,
-                size,
-                sha,
-                dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                f.min_ts,
-                f.max_ts,
-                schema_fingerprint=archive_fingerprint(),
-            )
-            self._store.put_bytes(f.rel + MANIFEST_SUFFIX, manifest.to_json())
-        except OSError as exc:
-            self._store.discard(f.staging)
-            raise ArchiveError(
-                f"cannot complete archive file {self._store.full(f.rel)}: {exc}; check that "
-                "the root is reachable and writable (nothing past the last commit is lost)"
-            ) from exc
-        known = self._known.setdefault(key, _Known())
+        complete_file(self._store, f, self.format, self.compression)
+        name = f.rel.rsplit("/", 1)[-1]
+        known = self._known.setdefault(key, KnownFiles())
         known.add(f.first_offset, f.last_offset)
         for first in [o for o in known.orphans if f.first_offset <= o <= f.last_offset]:
             orphan = known.orphans.pop(first)
             if orphan != name:  # an incomplete file whose records this one now holds
-                self._store.remove(f"{rel_dir}/{orphan}")
+                self._store.remove(f"{key[0]}/{orphan}")
 
     def _abort(self, key: FileKey) -> None:
         assert self._store is not None

@@ -1,4 +1,4 @@
-"""The archive's files: row schema, names, manifests and the two file formats.
+"""The archive's files: layout, names and manifests.
 
 Layout (``date`` is the UTC date of the sender's timestamp, ``Record.timestamp_ms``,
 so a record lands in the same directory however often it is re-read or replayed)::
@@ -9,78 +9,76 @@ so a record lands in the same directory however often it is re-read or replayed)
 A data file holds consecutive records of one (topic, partition) for one (job, site,
 date), in offset order. Its manifest is written only after the data file is in
 place; a data file without a manifest is incomplete and readers skip it.
+
+The row schema is in :mod:`flarestream.consumers.archive_rows` and the Avro/Parquet
+writers and readers in :mod:`flarestream.consumers.archive_formats`; their names
+are re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
-import os
 import re
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import IO, Any
 
-from flarestream.consumers.sink import Delivered
-from flarestream.errors import ConfigError, FlarestreamError
-from flarestream.schemas.codec import schema_fingerprint
+from flarestream.consumers.archive_formats import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    FORMATS,
+    AvroFileWriter,
+    FileWriter,
+    ParquetFileWriter,
+    arrow_schema,
+    check_codec,
+    import_parquet,
+    iter_rows,
+    open_writer,
+    resolve_compression,
+)
+from flarestream.consumers.archive_rows import (
+    ARCHIVE_SCHEMA,
+    ARCHIVE_SCHEMA_NAME,
+    ArchiveError,
+    archive_fingerprint,
+    row_headers,
+    row_size,
+    to_row,
+)
 
-ARCHIVE_SCHEMA_NAME = "flarestream.archive.ArchivedRecord"
-ARCHIVE_SCHEMA: Mapping[str, Any] = {
-    "type": "record",
-    "name": "ArchivedRecord",
-    "namespace": "flarestream.archive",
-    "doc": "One Kafka message of the analytics topic, kept byte for byte, with its "
-    "coordinates and the decoded fields most queries need.",
-    "fields": [
-        {"name": "topic", "type": "string"},
-        {"name": "partition", "type": "int"},
-        {"name": "offset", "type": "long"},
-        {"name": "kafka_timestamp_ms", "type": "long", "doc": "Kafka's timestamp (-1 if none)."},
-        {"name": "message", "type": "bytes", "doc": "The message value exactly as read."},
-        {"name": "site", "type": "string"},
-        {"name": "job_id", "type": "string"},
-        {"name": "record_id", "type": "string"},
-        {"name": "sender_id", "type": "string"},
-        {"name": "seq", "type": "long"},
-        {"name": "tag", "type": "string"},
-        {"name": "data_type", "type": "string", "doc": "AnalyticsDataType member name."},
-        {"name": "writer", "type": "string", "doc": "LogWriterName member name."},
-        {"name": "step", "type": ["null", "long"], "default": None},
-        {"name": "timestamp_ms", "type": "long", "doc": "Sender wall clock, ms since epoch."},
-        {
-            "name": "headers",
-            "type": {
-                "type": "array",
-                "items": {
-                    "type": "record",
-                    "name": "Header",
-                    "fields": [
-                        {"name": "key", "type": "string"},
-                        {"name": "value", "type": ["null", "bytes"]},
-                    ],
-                },
-            },
-            "default": [],
-            "doc": "The message headers in order (the site's signature, flarestream.sig, "
-            "among them), so provenance can be checked later. Absent from files written "
-            "before it was added: read with row.get('headers') or [].",
-        },
-    ],
-}
-FORMATS = ("avro", "parquet")
-DEFAULT_COMPRESSION = {"avro": "deflate", "parquet": "zstd"}
-# user-facing name -> the backend's name, per format
-COMPRESSIONS: Mapping[str, Mapping[str, str]] = {
-    "avro": {"none": "null", "deflate": "deflate", "zstd": "zstandard", "snappy": "snappy",
-             "bzip2": "bzip2", "xz": "xz", "lz4": "lz4"},
-    "parquet": {"none": "none", "snappy": "snappy", "deflate": "gzip", "gzip": "gzip",
-                "zstd": "zstd", "lz4": "lz4", "brotli": "brotli"},
-}  # fmt: skip
+__all__ = [  # defined here, or re-exported from archive_rows and archive_formats
+    "ARCHIVE_SCHEMA",
+    "ARCHIVE_SCHEMA_NAME",
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
+    "FORMATS",
+    "MANIFEST_SUFFIX",
+    "MANIFEST_VERSION",
+    "ArchiveError",
+    "AvroFileWriter",
+    "DataName",
+    "FileWriter",
+    "Manifest",
+    "ParquetFileWriter",
+    "archive_fingerprint",
+    "arrow_schema",
+    "check_codec",
+    "data_name",
+    "file_digest",
+    "import_parquet",
+    "iter_rows",
+    "open_writer",
+    "parse_data_name",
+    "resolve_compression",
+    "row_headers",
+    "row_size",
+    "temp_name",
+    "to_row",
+    "unsafe_name_reason",
+    "utc_date",
+]
+
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
 
@@ -88,37 +86,8 @@ _DATA_NAME = re.compile(
     r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.(?P<ext>avro|parquet)$"
 )
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
-_CODEC_PACKAGES = {"zstandard": "backports.zstd (Python < 3.14; 'flarestream[archive]')",
-                   "snappy": "cramjam", "lz4": "lz4"}  # fmt: skip
-_ROW_GROUP_ROWS = 8192  # Parquet rows buffered in memory before a row group is written
-_ROW_GROUP_BYTES = 4 << 20
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _DAY_MS = 86_400_000
-
-
-class ArchiveError(FlarestreamError):
-    """The archive cannot be written or read as promised (bad manifest, failed upload)."""
-
-
-@lru_cache(maxsize=1)
-def archive_fingerprint() -> str:
-    """CRC-64-AVRO fingerprint (hex) of :data:`ARCHIVE_SCHEMA`, computed once."""
-    return schema_fingerprint(ARCHIVE_SCHEMA).hex()
-
-
-def resolve_compression(fmt: str, compression: str | None) -> tuple[str, str]:
-    """(user-facing name, backend codec name) for ``fmt``; ConfigError if unknown."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"archive format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    name = (compression or DEFAULT_COMPRESSION[fmt]).lower()
-    if fmt == "parquet" and name == "deflate":
-        name = "gzip"  # Parquet's deflate-based codec, named as Parquet names it
-    choices = COMPRESSIONS[fmt]
-    if name not in choices:
-        raise ConfigError(
-            f"compression {name!r} is not available for {fmt}; choose one of {', '.join(choices)}"
-        )
-    return name, choices[name]
 
 
 def unsafe_name_reason(kind: str, name: str) -> str | None:
@@ -213,68 +182,6 @@ class Manifest:
         return manifest
 
 
-def to_row(d: Delivered) -> dict[str, Any]:
-    """The archive row of one delivered message (field order as in the schema)."""
-    r = d.record
-    return {
-        "topic": d.topic,
-        "partition": d.partition,
-        "offset": d.offset,
-        "kafka_timestamp_ms": d.timestamp_ms,
-        "message": d.raw,
-        "site": r.site,
-        "job_id": r.job_id,
-        "record_id": r.record_id,
-        "sender_id": r.sender_id,
-        "seq": r.seq,
-        "tag": r.tag,
-        "data_type": r.data_type.name,
-        "writer": r.writer.name,
-        "step": r.step,
-        "timestamp_ms": r.timestamp_ms,
-        "headers": [{"key": k, "value": v} for k, v in d.headers],
-    }
-
-
-def row_headers(row: Mapping[str, Any]) -> tuple[tuple[str, bytes | None], ...]:
-    """The message headers of an archive row (none in files older than the field)."""
-    return tuple(
-        (h["key"], None if h["value"] is None else bytes(h["value"]))
-        for h in row.get("headers") or ()
-    )
-
-
-def row_size(row: Mapping[str, Any]) -> int:
-    """Rough uncompressed size of a row, for rotation by bytes and buffer bounds."""
-    headers = 80 * len(row["headers"]) if "headers" in row else 0  # a signature is 64 bytes
-    return len(row["message"]) + len(row["tag"]) + len(row["record_id"]) + 64 + headers
-
-
-def iter_rows(fmt: str, fo: IO[bytes]) -> Iterator[dict[str, Any]]:
-    """The rows of one data file, streamed block by block (row group for Parquet)."""
-    if fmt == "avro":
-        from fastavro import reader
-
-        yield from reader(fo)  # type: ignore[misc]
-    elif fmt == "parquet":
-        pq = import_parquet()
-        for batch in pq.ParquetFile(fo).iter_batches(batch_size=4096):
-            yield from batch.to_pylist()
-    else:
-        raise ArchiveError(f"unknown archive format {fmt!r}")
-
-
-def import_parquet() -> Any:
-    """``pyarrow.parquet``, or ConfigError naming the extra to install."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError(
-            "the Parquet archive format needs pyarrow: pip install 'flarestream[parquet]'"
-        ) from None
-    return pq
-
-
 def file_digest(path: str) -> tuple[int, str]:
     """(size in bytes, sha256 hex) of a local file, read in chunks."""
     digest = hashlib.sha256()
@@ -284,151 +191,3 @@ def file_digest(path: str) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-@lru_cache(maxsize=1)
-def _parsed_avro_schema() -> Any:
-    from fastavro import parse_schema
-
-    return parse_schema(dict(ARCHIVE_SCHEMA))
-
-
-class FileWriter(ABC):
-    """Streams rows into one local file; memory held is one block or row group."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fo: IO[bytes] = open(path, "wb")  # noqa: SIM115 - closed by finish/abort
-
-    @abstractmethod
-    def append(self, row: Mapping[str, Any], size: int) -> None:
-        """Add one row (``size``: its :func:`row_size`)."""
-
-    @property
-    @abstractmethod
-    def size(self) -> int:
-        """Bytes the file will have, roughly (exact up to the block being filled)."""
-
-    @abstractmethod
-    def _complete(self) -> None:
-        """Write what is buffered and the format's trailer."""
-
-    def finish(self) -> None:
-        """Complete the file and make it durable on the local disk (fsync)."""
-        self._complete()
-        self._fo.flush()
-        os.fsync(self._fo.fileno())
-        self._fo.close()
-
-    def abort(self) -> None:
-        """Close without completing (the file is then garbage)."""
-        self._fo.close()
-
-
-class AvroFileWriter(FileWriter):
-    """An Avro object container file written block by block with fastavro."""
-
-    def __init__(self, path: str, codec: str, metadata: Mapping[str, str]) -> None:
-        from fastavro.write import Writer
-
-        super().__init__(path)
-        self._writer = Writer(self._fo, _parsed_avro_schema(), codec=codec, metadata=dict(metadata))
-        self._on_disk = self._fo.tell()
-        self._pending = 0  # uncompressed bytes of the block being filled
-
-    def append(self, row: Mapping[str, Any], size: int) -> None:
-        self._writer.write(dict(row) if not isinstance(row, dict) else row)
-        pos = self._fo.tell()
-        if pos != self._on_disk:  # fastavro wrote out a block, this row included
-            self._on_disk, self._pending = pos, 0
-        else:
-            self._pending += size
-
-    @property
-    def size(self) -> int:
-        return self._on_disk + self._pending
-
-    def _complete(self) -> None:
-        self._writer.flush()
-
-
-class ParquetFileWriter(FileWriter):
-    """A Parquet file written one row group at a time with pyarrow."""
-
-    def __init__(self, path: str, codec: str, metadata: Mapping[str, str]) -> None:
-        pq = import_parquet()
-        import pyarrow as pa
-
-        super().__init__(path)
-        self._table = pa.Table
-        self._schema = arrow_schema(metadata)
-        self._writer = pq.ParquetWriter(self._fo, self._schema, compression=codec)
-        self._rows: list[Mapping[str, Any]] = []
-        self._buffered = 0
-
-    def append(self, row: Mapping[str, Any], size: int) -> None:
-        self._rows.append(row)
-        self._buffered += size
-        if len(self._rows) >= _ROW_GROUP_ROWS or self._buffered >= _ROW_GROUP_BYTES:
-            self._write_group()
-
-    def _write_group(self) -> None:
-        if self._rows:
-            self._writer.write_table(self._table.from_pylist(self._rows, schema=self._schema))
-            self._rows, self._buffered = [], 0
-
-    @property
-    def size(self) -> int:
-        return self._fo.tell() + self._buffered
-
-    def _complete(self) -> None:
-        self._write_group()
-        self._writer.close()
-
-    def abort(self) -> None:
-        self._rows = []
-        super().abort()
-
-
-def arrow_schema(metadata: Mapping[str, str] | None = None) -> Any:
-    """The Arrow schema of :data:`ARCHIVE_SCHEMA` (the Avro schema JSON in its metadata)."""
-    import pyarrow as pa
-
-    kinds = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "bytes": pa.binary()}
-    header = pa.struct(
-        [pa.field("key", pa.string(), nullable=False), pa.field("value", pa.binary())]
-    )
-    fields = []
-    for f in ARCHIVE_SCHEMA["fields"]:
-        if f["name"] == "headers":  # the one nested field: an array of Header records
-            fields.append(pa.field("headers", pa.list_(header), nullable=False))
-            continue
-        nullable = isinstance(f["type"], list)
-        kind = f["type"][1] if nullable else f["type"]
-        fields.append(pa.field(f["name"], kinds[kind], nullable=nullable))
-    meta = {**(metadata or {}), "flarestream.archive.schema": json.dumps(ARCHIVE_SCHEMA)}
-    return pa.schema(fields, metadata=meta)
-
-
-def open_writer(fmt: str, codec: str, path: str, metadata: Mapping[str, str]) -> FileWriter:
-    if fmt == "parquet":
-        return ParquetFileWriter(path, codec, metadata)
-    return AvroFileWriter(path, codec, metadata)
-
-
-def check_codec(fmt: str, codec: str) -> None:
-    """ConfigError naming what to install when the codec's library is missing."""
-    if fmt == "parquet":
-        import pyarrow as pa
-
-        import_parquet()
-        if codec != "none" and not pa.Codec.is_available(codec):
-            raise ConfigError(f"this pyarrow build lacks the {codec} codec; choose another")
-        return
-    from fastavro.write import Writer
-
-    try:
-        Writer(io.BytesIO(), _parsed_avro_schema(), codec=codec).flush()
-    except ValueError as exc:
-        need = _CODEC_PACKAGES.get(codec, "its library")
-        raise ConfigError(f"Avro codec {codec!r} is unavailable ({exc}); install {need}") from None

@@ -19,9 +19,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from flarestream.consumers import LoopConfig, run_sink
 from flarestream.consumers.archive import ArchiveSink
 from flarestream.consumers.archive_reader import ArchiveReader
-from flarestream.consumers.replay import REPLAY_GROUP_PREFIX, ArchiveSource, TopicSource, replay
-from flarestream.consumers.replay_cli import JsonLinesTarget
+from flarestream.consumers.archive_source import ArchiveSource
+from flarestream.consumers.replay import replay
+from flarestream.consumers.replay_targets import JsonLinesTarget
 from flarestream.consumers.tensorboard_sink import TensorBoardSink
+from flarestream.consumers.topic_source import REPLAY_GROUP_PREFIX, TopicSource
 from flarestream.deploy import create_topic
 from flarestream.producer import AnalyticsSender
 from flarestream.schemas import AnalyticsDataType

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flarestream.consumers.archive_source import merge_rows
 from flarestream.consumers.audit import (
     Location,
     OffsetLedger,
@@ -23,8 +24,8 @@ from flarestream.consumers.audit import (
     compare_ids,
 )
 from flarestream.consumers.progress import Progress
-from flarestream.consumers.replay import RangeSpec, format_ms, merge_rows, parse_time
-from flarestream.consumers.replay_cli import json_safe
+from flarestream.consumers.replay_targets import json_safe
+from flarestream.consumers.topic_range import RangeSpec, format_ms, parse_time
 from flarestream.errors import ConfigError
 
 
