@@ -25,6 +25,10 @@ class InvalidRecordValueError(FlarestreamError, ValueError):
     """A tracking call was given a value of the right type but out of range."""
 
 
+class RecordTooLargeError(InvalidRecordValueError):
+    """The Kafka client refuses a record as larger than ``message.max.bytes``."""
+
+
 class EncodeError(InvalidRecordError):
     """A value NVFlare accepts cannot be written losslessly on the wire."""
 

@@ -53,6 +53,7 @@ from flarestream.errors import (
     InvalidRecordError,
     InvalidRecordValueError,
     QueueFullError,
+    RecordTooLargeError,
 )
 from flarestream.schemas.codec import Codec, default_codec
 from flarestream.schemas.fastpath import SenderEncoder
@@ -322,9 +323,10 @@ class AnalyticsSender:
             except BufferError:
                 self._produce_blocking(tag, payload, headers)
             except KafkaException as exc:  # e.g. larger than message.max.bytes
-                raise InvalidRecordValueError(
+                err = exc.args[0]
+                raise RecordTooLargeError(
                     f"'{tag}': the Kafka client refuses this record of {len(payload)} bytes: "
-                    f"{exc.args[0].str()}; nothing was sent (raise message.max.bytes on "
+                    f"{err.name()}: {err.str()}; nothing was sent (raise message.max.bytes on "
                     "the producer and the topic, or send less)"
                 ) from None
             counter.seq = seq + 1

@@ -32,7 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flarestream.errors import ConfigError, DecodeError, DeliveryError, FlarestreamError
+from flarestream.errors import (
+    ConfigError,
+    DecodeError,
+    DeliveryError,
+    FlarestreamError,
+    RecordTooLargeError,
+)
 from flarestream.producer.sender import AnalyticsSender
 from flarestream.schemas.dxo import record_from_dxo
 from flarestream.settings import DEFAULT_TOPIC, kafka_client_config
@@ -170,6 +176,9 @@ class SenderPool:
             sender.send(rec.tag, rec.value, rec.data_type, rec.step, rec.writer, kwargs)
         except DecodeError as exc:  # no data type: NVFlare's receivers skip these too
             self.refuse(site, job_id, "skipped (no data type)", str(exc))
+            return False
+        except RecordTooLargeError as exc:  # valid, but more than Kafka takes
+            self.refuse(site, job_id, "not sent", f"{type(exc).__name__}: {exc}")
             return False
         except (TypeError, ValueError) as exc:  # NVFlare's and flarestream's validation
             self.refuse(site, job_id, "invalid", f"{type(exc).__name__}: {exc}")
