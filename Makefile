@@ -2,10 +2,10 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: help venv install demo test test-unit lint typecheck bench clean
+.PHONY: help venv install demo test test-unit bench bench-replay bench-nvflare bench-security bench-signing clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 venv:  ## create .venv
 	test -x $(PY) || python3 -m venv .venv
@@ -27,8 +27,20 @@ test: install  ## every test (unit + integration against a real Kafka), ruff and
 test-unit: install  ## unit tests only (no broker)
 	$(PY) -m pytest -m "not integration"
 
-bench: install  ## benchmarks (not tests): ratios against the raw libraries
+bench: install  ## sender and codec beside raw confluent-kafka and fastavro
 	$(PY) bench/bench_sender.py
+
+bench-replay: install  ## replay from topic and archive beside the raw readers
+	$(PY) bench/bench_replay.py
+
+bench-nvflare: install  ## NVFlare's own analytics path beside flarestream's
+	$(PY) bench/bench_nvflare.py
+
+bench-security: install  ## sender and sink with and without TLS
+	$(PY) bench/bench_security.py
+
+bench-signing: install  ## sender and sink with and without record signing
+	$(PY) bench/bench_signing.py
 
 clean:  ## remove build output
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
