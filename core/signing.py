@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from flarestream.errors import ConfigError
+from flarestream.schemas.record import UNSAFE_NAME_CHARS
 
 log = logging.getLogger("flarestream.signing")
 
@@ -49,7 +50,6 @@ ENV_SIGNING_KEY = "FLARESTREAM_SIGNING_KEY"
 PRIVATE_SUFFIX, PUBLIC_SUFFIX = ".key", ".pub"
 EXTRA = "pip install 'flarestream[signing]'"
 
-_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 _PEM_PUBLIC = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
 # as confluent-kafka gives and takes them: a list of (name, value) or a dict
 Headers = Union[Sequence[tuple[str, object]], Mapping[str, object], None]  # noqa: UP007
@@ -68,7 +68,7 @@ def check_site(site: object) -> str:
     """A site name that is safe as a key file name: ConfigError otherwise."""
     if not isinstance(site, str) or not site.strip():
         raise ConfigError(f"site must be a non-empty string, got {site!r}")
-    if _BAD_NAME.search(site) or site.startswith("."):
+    if UNSAFE_NAME_CHARS.search(site) or site.startswith("."):
         raise ConfigError(
             f"site {site!r} contains a path separator or control character, or starts "
             "with '.'; key files are named after the site"

@@ -34,7 +34,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import reprlib
 import threading
 import time
@@ -59,6 +58,7 @@ from flarestream.schemas.codec import Codec, default_codec
 from flarestream.schemas.fastpath import SenderEncoder
 from flarestream.schemas.record import (
     SCHEMA_VERSION,
+    UNSAFE_NAME_CHARS,
     AnalyticsDataType,
     LogWriterName,
     coerce_writer,
@@ -79,7 +79,6 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "message.timeout.ms": 300_000,
 }
 _POLL_EVERY = 1024  # serve delivery reports every N accepted records
-_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def _load_fastsend() -> ModuleType | None:
@@ -107,7 +106,7 @@ def check_name(kind: str, name: object) -> str:
     """A site or job name that is safe as a directory name in every sink."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{kind} must be a non-empty string, got {name!r}")
-    if _BAD_NAME.search(name) or name in (".", ".."):
+    if UNSAFE_NAME_CHARS.search(name) or name in (".", ".."):
         raise ConfigError(
             f"{kind} {name!r} contains a path separator or control character; "
             "sinks use it as a directory name"
@@ -250,13 +249,7 @@ class AnalyticsSender:
     def add_scalar(
         self, tag: str, scalar: float, global_step: int | None = None, **kwargs: Any
     ) -> None:
-        fast, scalar_type = self._fast, AnalyticsDataType.SCALAR
-        if (
-            fast is None
-            or kwargs
-            or not fast(tag, scalar, scalar_type, global_step, self.writer_name)
-        ):
-            self._send(tag, scalar, scalar_type, global_step, self.writer_name, kwargs)
+        self.send(tag, scalar, AnalyticsDataType.SCALAR, global_step, self.writer_name, kwargs)
 
     def add_scalars(
         self, tag: str, scalars: dict[str, float], global_step: int | None = None, **kwargs: Any

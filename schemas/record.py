@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import enum
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from flarestream.errors import InvalidRecordError, InvalidRecordValueError
 
 SCHEMA_VERSION = 1
+
+# Characters a site or job name may not hold: every sink uses these names as file or
+# directory names, so a separator or control character could escape or corrupt them.
+UNSAFE_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 class AnalyticsDataType(enum.Enum):
